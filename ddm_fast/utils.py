@@ -1,0 +1,161 @@
+"""Small utilities: time sampling, log-SNR helpers and the masked average.
+
+These are the reference (plain PyTorch) versions; :mod:`ddm_fast.ops` holds
+the fused counterparts.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from ._validation import check_mask, check_tensor
+
+__all__ = [
+    "sample_time",
+    "normalize_gamma",
+    "masked_average",
+    "alpha_sigma",
+    "sigma_tilde",
+    "mask_count",
+]
+
+
+def alpha_sigma(gamma: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Variance-preserving (alpha, sigma) for a log-SNR ``gamma`` (SPEC §1).
+
+    alpha^2 = sigmoid(gamma), sigma^2 = sigmoid(-gamma), through log-sigmoid
+    so that both stay accurate for |gamma| up to 30 (sqrt(1 - alpha^2) would
+    lose sigma entirely for gamma > 17 in float32).
+    """
+    alpha = torch.exp(0.5 * F.logsigmoid(gamma))
+    sigma = torch.exp(0.5 * F.logsigmoid(-gamma))
+    return alpha, sigma
+
+
+def sigma_tilde(gamma: torch.Tensor) -> torch.Tensor:
+    """Noise level of the exploding form, sigma/alpha = exp(-gamma/2)."""
+    return torch.exp(-0.5 * gamma)
+
+
+def sample_time(
+        template_tensor: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Stratified pseudo-times for a batch (SPEC §2).
+
+    t_b = (u + b/B) mod 1 with a single u ~ U[0, 1): every batch covers [0, 1)
+    evenly, which lowers the variance of the diffusion loss (Kingma et al.,
+    2021). Returns shape (B, 1, ..., 1) matching ``template_tensor.ndim``, on
+    its device, in its dtype (float32 for non-float templates).
+
+    ddm_dynamical drew u from a normal distribution; a uniform u is what the
+    stratification needs (a normal u concentrates the offset near 0).
+    """
+    check_tensor("template_tensor", template_tensor, min_ndim=1)
+    batch = template_tensor.shape[0]
+    if batch < 1:
+        raise ValueError("template_tensor must hold at least one sample, "
+                         f"got shape {tuple(template_tensor.shape)}")
+    dtype = template_tensor.dtype if template_tensor.is_floating_point() \
+        else torch.float32
+    # Draw on the generator's device, then move: no host synchronisation.
+    gen_device = generator.device if generator is not None else \
+        template_tensor.device
+    shift = torch.rand(1, generator=generator, device=gen_device,
+                       dtype=torch.float64).to(template_tensor.device)
+    grid = torch.arange(batch, device=template_tensor.device,
+                        dtype=torch.float64) / batch
+    times = torch.remainder(shift + grid, 1.0).to(dtype)
+    return times.reshape((batch,) + (1,) * (template_tensor.ndim - 1))
+
+
+def normalize_gamma(
+        gamma: Any, gamma_min: float = -20., gamma_max: float = 20.
+) -> Any:
+    """Map gamma linearly so that gamma_min -> 0 and gamma_max -> 1."""
+    return (gamma - gamma_min) / (gamma_max - gamma_min)
+
+
+def _reduce_dims(ndim: int, dim) -> Tuple[int, ...]:
+    if dim is None:
+        return tuple(range(ndim))
+    if isinstance(dim, int):
+        dim = (dim,)
+    out = []
+    for d in dim:
+        if not -ndim <= d < ndim:
+            raise ValueError(f"dim {d} is out of range for a tensor with "
+                             f"{ndim} dimensions")
+        out.append(d % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"dim contains a repeated dimension: {tuple(dim)}")
+    return tuple(sorted(out))
+
+
+def mask_count(mask: Optional[torch.Tensor], shape: Sequence[int],
+               dim=None, dtype: torch.dtype = torch.float32,
+               device=None) -> torch.Tensor:
+    """Number of valid elements of ``mask`` broadcast to ``shape``, summed
+    over ``dim`` (None: all), without materialising the broadcast.
+
+    A mask of shape (1, 1, H, W) against data (B, C, H, W) counts each valid
+    point B*C times for a full reduction: the sum over the mask's own
+    elements is multiplied by the sizes of the reduced dimensions along
+    which the mask broadcasts.
+    """
+    shape = tuple(shape)
+    dims = _reduce_dims(len(shape), dim)
+    if mask is None:
+        count = 1
+        for d in dims:
+            count *= shape[d]
+        keep = [s for d, s in enumerate(shape) if d not in dims]
+        return torch.full(keep, float(count), dtype=dtype, device=device)
+    valid = (mask != 0).to(dtype)
+    valid = valid.reshape((1,) * (len(shape) - valid.ndim) + tuple(valid.shape))
+    multiplicity = 1
+    sum_dims = []
+    for d in dims:
+        if valid.shape[d] == 1:
+            multiplicity *= shape[d]
+        else:
+            sum_dims.append(d)
+    if sum_dims:
+        valid = valid.sum(dim=sum_dims, keepdim=True)
+    valid = valid * multiplicity
+    keep_shape = [s for d, s in enumerate(shape) if d not in dims]
+    return valid.expand(
+        [1 if d in dims else s for d, s in enumerate(shape)]
+    ).reshape(keep_shape)
+
+
+def masked_average(
+        in_tensor: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        dim: Union[None, int, Sequence[int]] = None,
+        eps: float = 1E-9,
+) -> torch.Tensor:
+    """Average of ``in_tensor`` over its valid (mask != 0) elements.
+
+    The normaliser counts the elements of the mask *broadcast* to the data
+    (SPEC §1) plus ``eps``; masked elements never enter the sum (they are
+    selected out, so a NaN under land stays out of the result). An all-masked
+    reduction returns 0, never NaN. Works for ``mask=None`` (a plain mean),
+    unlike ddm_dynamical's version, which multiplied by ``None``.
+    """
+    check_tensor("in_tensor", in_tensor)
+    mask = check_mask(mask, in_tensor, like_name="in_tensor")
+    dims = _reduce_dims(in_tensor.ndim, dim)
+    if mask is None:
+        masked = in_tensor
+    else:
+        masked = torch.where(mask != 0, in_tensor,
+                             torch.zeros((), dtype=in_tensor.dtype,
+                                         device=in_tensor.device))
+    total = masked.sum(dim=dims) if dims else masked
+    count = mask_count(mask, in_tensor.shape, dims, dtype=total.dtype
+                       if total.is_floating_point() else torch.float32,
+                       device=in_tensor.device)
+    return total / (count + eps)
