@@ -1,0 +1,1 @@
+"""ddm_fast benchmark suite: ``python -m benchmarks --json results.json``."""
