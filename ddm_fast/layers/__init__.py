@@ -1,0 +1,7 @@
+"""Neural-network building blocks."""
+from .embedding import RandomFourierLayer, SinusoidalEmbedding
+
+__all__ = [
+    "RandomFourierLayer",
+    "SinusoidalEmbedding",
+]
