@@ -74,11 +74,18 @@ class DiffusionLoss(torch.nn.Module):
 
     @property
     def gamma_range(self):
-        lo = self._gamma_min if self._gamma_min is not None else \
-            float(getattr(self.scheduler, "gamma_min", -20.))
-        hi = self._gamma_max if self._gamma_max is not None else \
-            float(getattr(self.scheduler, "gamma_max", 20.))
-        return lo, hi
+        """(gamma_min, gamma_max) that normalise gamma for the network input.
+
+        Taken from the scheduler unless given; scheduler bounds stay (detached)
+        device tensors, so reading them never synchronises with the device.
+        """
+        def bound(given, name, default):
+            if given is not None:
+                return given
+            value = getattr(self.scheduler, name, default)
+            return value.detach() if isinstance(value, torch.Tensor) else value
+        return (bound(self._gamma_min, "gamma_min", -20.),
+                bound(self._gamma_max, "gamma_max", 20.))
 
     def forward(self, denoising_network: Callable, latent: torch.Tensor,
                 mask: Optional[torch.Tensor] = None, seed: Optional[int] = None,

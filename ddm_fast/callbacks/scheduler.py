@@ -1,0 +1,140 @@
+"""Plots of a noise scheduler: log-SNR and signal over time, density over
+log-SNR (the port of ddm_dynamical's Lightning ``EvaluateSchedulerCallback``).
+
+The figures are built with matplotlib's object-oriented API on the Agg
+canvas (``matplotlib.figure.Figure``), never through pyplot: nothing is
+registered in pyplot's global figure list, so nothing leaks across calls and
+there is nothing to close. matplotlib is imported on first use only.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+
+from .._validation import check_positive_int
+from ..utils import alpha_sigma
+from .base import Callback
+
+__all__ = ["EvaluateSchedulerCallback"]
+
+# name of each figure -> file stem
+_FILE_STEMS = {"logsnr": "scheduler_logsnr",
+               "density": "scheduler_density",
+               "signal": "scheduler_signal"}
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    if not callable(scheduler) or not callable(
+            getattr(scheduler, "get_density", None)):
+        raise TypeError(
+            "scheduler must be a noise scheduler (callable t -> gamma with "
+            f"get_density), got {type(scheduler).__name__}")
+
+
+def _scheduler_placement(scheduler: Any):
+    """(device, dtype) of the scheduler's parameters or buffers; CPU float32
+    for a scheduler without any."""
+    if isinstance(scheduler, torch.nn.Module):
+        for tensor in list(scheduler.parameters()) + list(scheduler.buffers()):
+            if tensor.is_floating_point():
+                return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
+class EvaluateSchedulerCallback(Callback):
+    """Plot the training noise scheduler after validations.
+
+    Parameters
+    ----------
+    n_steps : number of times in linspace(0, 1, n_steps) at which the
+        scheduler is evaluated (>= 2).
+    every : write the figures at every ``every``-th validation (>= 1).
+
+    From a training loop, ``on_validation_end`` writes
+    ``scheduler_{logsnr,density,signal}_step{step:06d}.png`` into
+    ``trainer.out_dir / "scheduler"`` (on rank 0 only, and nothing when
+    ``trainer.out_dir`` is None). Without a trainer, call :meth:`save` or
+    :meth:`figures` directly.
+    """
+
+    def __init__(self, n_steps: int = 1001, every: int = 1):
+        super().__init__()
+        self.n_steps = check_positive_int("n_steps", n_steps, minimum=2)
+        self.every = check_positive_int("every", every)
+        self._validations_seen = 0
+
+    def evaluate(self, scheduler: Any) -> Dict[str, torch.Tensor]:
+        """Scheduler values on the time grid, as CPU float64 tensors:
+        ``time``, ``gamma``, ``density`` and ``alpha`` (the signal)."""
+        _check_scheduler(scheduler)
+        device, dtype = _scheduler_placement(scheduler)
+        time = torch.linspace(0, 1, self.n_steps, device=device, dtype=dtype)
+        with torch.no_grad():
+            gamma = scheduler(time)
+            density = scheduler.get_density(gamma)
+            alpha, _ = alpha_sigma(gamma)
+        return {name: value.detach().to("cpu", torch.float64)
+                for name, value in (("time", time), ("gamma", gamma),
+                                    ("density", density), ("alpha", alpha))}
+
+    def figures(self, scheduler: Any) -> Dict[str, Any]:
+        """``{"logsnr", "density", "signal"}`` -> matplotlib Figure:
+        log-SNR vs time, density vs log-SNR, signal alpha vs time."""
+        from matplotlib.figure import Figure
+
+        values = self.evaluate(scheduler)
+        time = values["time"].numpy()
+        gamma = values["gamma"].numpy()
+        panels = {
+            "logsnr": (time, gamma, "Time", "log SNR", (0, 1), None),
+            "density": (gamma, values["density"].numpy(), "log SNR",
+                        "Density", None, None),
+            "signal": (time, values["alpha"].numpy(), "Time", "Signal",
+                       (0, 1), (0, 1)),
+        }
+        figures = {}
+        for name, (x, y, xlabel, ylabel, xlim, ylim) in panels.items():
+            figure = Figure(figsize=(5, 3.5), layout="constrained")
+            axes = figure.add_subplot()
+            axes.plot(x, y)
+            axes.set_xlabel(xlabel)
+            axes.set_ylabel(ylabel)
+            if xlim is not None:
+                axes.set_xlim(*xlim)
+            if ylim is not None:
+                axes.set_ylim(*ylim)
+            figures[name] = figure
+        return figures
+
+    def save(self, scheduler: Any, out_dir: Union[str, os.PathLike],
+             step: Optional[int] = None) -> List[Path]:
+        """Write the three figures as PNGs into ``out_dir`` (created if
+        needed), with the suffix ``_step{step:06d}`` when ``step`` is given.
+        Returns the paths written."""
+        if not isinstance(out_dir, (str, os.PathLike)):
+            raise TypeError("out_dir must be a str or os.PathLike, got "
+                            f"{type(out_dir).__name__}")
+        if step is not None:
+            check_positive_int("step", step, minimum=0)
+        suffix = "" if step is None else f"_step{step:06d}"
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, figure in self.figures(scheduler).items():
+            path = out_dir / f"{_FILE_STEMS[name]}{suffix}.png"
+            figure.savefig(path, dpi=100)
+            paths.append(path)
+        return paths
+
+    def on_validation_end(self, trainer: Any, step: int,
+                          metrics: Mapping[str, float]) -> None:
+        self._validations_seen += 1
+        if (self._validations_seen - 1) % self.every != 0:
+            return
+        out_dir = getattr(trainer, "out_dir", None)
+        if out_dir is None or getattr(trainer, "rank", 0) != 0:
+            return
+        self.save(trainer.scheduler, Path(out_dir) / "scheduler", step=step)
