@@ -119,33 +119,40 @@ def _default(device_type: str) -> str:
     return _default_cache[device_type]
 
 
+_LOADED: Dict[str, object] = {}
+
+
+def _load(name: str, device_type: str):
+    """Import backend ``name`` once and check it can run on ``device_type``."""
+    if name not in _LOADED:
+        module = importlib.import_module(_MODULES[name])
+        if name != "reference":
+            reason = module.why_unavailable(name)
+            if reason is not None:
+                raise BackendUnavailableError(
+                    f"backend {name!r} is unavailable: {reason}")
+        _LOADED[name] = module
+    if name in ("cpu", "cuda") and device_type != name:
+        raise BackendUnavailableError(
+            f"backend {name!r} cannot run tensors on {device_type}")
+    return _LOADED[name]
+
+
 @torch.compiler.assume_constant_result
 def _resolve(device_type: str) -> str:
-    # Constant under torch.compile: the choice is made once per trace, in
-    # Python, and never inside a graph.
+    # Constant under torch.compile: the choice (and the import of the chosen
+    # backend) happens once per trace, in Python, never inside a graph.
     forced = _forced()
-    return forced if forced is not None else _default(device_type)
+    name = forced if forced is not None else _default(device_type)
+    _load(name, device_type)
+    return name
 
 
 def current(device) -> str:
     """Name of the backend that runs ops on ``device``."""
-    device_type = torch.device(device).type if not isinstance(device, str) \
-        else torch.device(device).type
-    return _resolve(device_type)
+    return _resolve(torch.device(device).type)
 
 
 def get(device):
     """The backend module for tensors on ``device``."""
-    name = current(device)
-    module = importlib.import_module(_MODULES[name])
-    if name != "reference":
-        reason = module.why_unavailable(name)
-        if reason is not None:
-            raise BackendUnavailableError(
-                f"backend {name!r} is unavailable: {reason}")
-        if name in ("cpu", "cuda"):
-            dev_type = torch.device(device).type
-            if dev_type != name:
-                raise BackendUnavailableError(
-                    f"backend {name!r} cannot run tensors on {dev_type}")
-    return module
+    return _LOADED[_resolve(torch.device(device).type)]
