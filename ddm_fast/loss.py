@@ -20,7 +20,7 @@ import torch
 from . import ops
 from ._validation import check_float_tensor, check_gamma_range, check_mask, check_seed
 from .parameterization import Parameterization, get_param
-from .utils import normalize_gamma, sample_time
+from .utils import draw_seed, normalize_gamma, sample_time
 from .weighting import get_weighting
 
 __all__ = ["DiffusionLoss", "DiffusionLossOutput", "draw_seed"]
@@ -34,10 +34,6 @@ class DiffusionLossOutput(NamedTuple):
     noised: torch.Tensor        # z fed to the network
     seed: int                   # noise stream used (regenerates eps)
 
-
-def draw_seed(generator: Optional[torch.Generator] = None) -> int:
-    """A fresh noise seed from a CPU generator (no device synchronisation)."""
-    return int(torch.randint(0, 2 ** 62, (1,), generator=generator).item())
 
 
 class DiffusionLoss(torch.nn.Module):
@@ -107,7 +103,7 @@ class DiffusionLoss(torch.nn.Module):
         gamma = self.scheduler(time).reshape(batch)
         density = self.scheduler.get_density(gamma).reshape(batch)
         if seed is None:
-            seed = draw_seed(generator)
+            seed = draw_seed(generator=generator)
         check_seed("seed", seed)
         noised = ops.diffuse(latent, gamma, seed, mask=mask, offset=offset)
         lo, hi = self.gamma_range
@@ -127,7 +123,11 @@ class DiffusionLoss(torch.nn.Module):
                                    seed)
 
     @torch.no_grad()
-    def update_scheduler(self, output: DiffusionLossOutput) -> None:
+    def update_scheduler(self, output: DiffusionLossOutput,
+                         process_group=None) -> None:
         """Feed the per-sample statistic to the scheduler (adaptive ones
-        learn their density from it; the others ignore it)."""
-        self.scheduler.update(output.gamma.detach(), output.per_sample.detach())
+        learn their density from it; the others ignore it). Under data
+        parallelism the adaptive scheduler all-reduces its bin statistics over
+        ``process_group`` (default: the whole world when initialised)."""
+        self.scheduler.update(output.gamma.detach(), output.per_sample.detach(),
+                              process_group=process_group)

@@ -39,6 +39,7 @@ from . import ops
 from ._validation import (check_float_tensor, check_mask, check_positive_int,
                           check_seed)
 from .ops import coefficient_dtype
+from .utils import draw_seed
 
 __all__ = [
     "noise_seed", "draw_seed",
@@ -76,13 +77,6 @@ def noise_seed(seed: int, stream: int) -> int:
     mixed = (_splitmix64(seed) + stream * _GOLDEN64) & _MASK64
     return _splitmix64(mixed) >> 1
 
-
-def draw_seed(seed: Optional[int] = None) -> int:
-    """``seed`` itself when given, else a fresh one from torch's CPU generator
-    (reproducible under ``torch.manual_seed``; a CPU draw, no device sync)."""
-    if seed is not None:
-        return check_seed("seed", seed)
-    return int(torch.randint(0, 2 ** 62, (1,), dtype=torch.int64)[0])
 
 
 # ------------------------------------------------- k-diffusion utilities

@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ._validation import check_mask, check_tensor
+from ._validation import check_mask, check_seed, check_tensor
 
 __all__ = [
     "sample_time",
@@ -19,6 +19,7 @@ __all__ = [
     "alpha_sigma",
     "sigma_tilde",
     "mask_count",
+    "draw_seed",
 ]
 
 
@@ -159,3 +160,14 @@ def masked_average(
                        if total.is_floating_point() else torch.float32,
                        device=in_tensor.device)
     return total / (count + eps)
+
+
+def draw_seed(seed: Optional[int] = None,
+              generator: Optional[torch.Generator] = None) -> int:
+    """``seed`` itself when given (checked), else a fresh noise seed drawn
+    from ``generator`` or torch's global CPU generator: a CPU draw, so no
+    device synchronisation, and reproducible under ``torch.manual_seed``."""
+    if seed is not None:
+        return check_seed("seed", seed)
+    return int(torch.randint(0, 2 ** 62, (1,), generator=generator,
+                             dtype=torch.int64)[0])

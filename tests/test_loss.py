@@ -143,7 +143,7 @@ class _LinearScheduler(torch.nn.Module):
     def get_density(self, gamma):
         return torch.full_like(gamma, 1 / (self.gamma_max - self.gamma_min))
 
-    def update(self, gamma, target):
+    def update(self, gamma, target, process_group=None):
         self.last = (gamma, target)
 
 

@@ -1,0 +1,257 @@
+"""Tests of the Lorenz-96 example: integrator, data cache, metrics, network,
+and the whole pipeline on toy sizes."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+EXAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "examples", "lorenz96")
+
+
+def _load(name: str):
+    """Import an example module under a unique name (the example's plain
+    module names, e.g. ``data``, must not clash with other tests)."""
+    spec = importlib.util.spec_from_file_location(
+        f"l96_example_{name}", os.path.join(EXAMPLE_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module     # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+data = _load("data")
+metrics = _load("metrics")
+network = _load("network")
+
+TOY = data.L96Config(n_spinup=50, train_members=2, train_steps=60,
+                     val_members=1, val_steps=20, test_members=1,
+                     test_steps=40, subsample=2, seed=3)
+
+
+# ------------------------------------------------------------------ data
+def test_tendency_vanishes_at_rest_state_and_matches_formula():
+    rest = np.full((3, 40), 8.0)
+    np.testing.assert_allclose(data.lorenz96_tendency(rest, 8.0), 0.0)
+    np.testing.assert_allclose(data.rk4_step(rest, 0.05, 8.0), rest)
+    x = np.random.default_rng(0).standard_normal(40)
+    i = 5
+    expected = (x[i + 1] - x[i - 2]) * x[i - 1] - x[i] + 8.0
+    assert data.lorenz96_tendency(x, 8.0)[i] == pytest.approx(expected)
+
+
+def test_rk4_is_fourth_order():
+    x0 = 8.0 + np.random.default_rng(1).standard_normal((2, 40))
+    horizon = 0.2
+    reference = data.integrate(x0, 64, horizon / 64, 8.0)[:, -1]
+    errors = [np.abs(data.integrate(x0, n, horizon / n, 8.0)[:, -1] - reference).max()
+              for n in (4, 8)]
+    assert 12.0 < errors[0] / errors[1] < 20.0   # 2^4 = 16
+
+
+def test_generated_states_are_on_the_attractor():
+    states = data.generate_trajectories(
+        data.L96Config(n_spinup=300, subsample=1), members=4, steps=300,
+        rng=np.random.default_rng(0))
+    assert states.shape == (4 * 300, 40) and states.dtype == np.float32
+    # Climatology of L96 at F = 8: mean ~2.3, std ~3.6.
+    assert 1.8 < states.mean() < 2.9
+    assert 3.0 < states.std() < 4.2
+
+
+def test_cache_is_reused_and_regenerated_when_parameters_change(tmp_path, capsys):
+    first = data.load_or_generate(str(tmp_path), TOY)
+    assert first["train"].shape == (2 * 30, 40)
+    assert first["test"].shape == (20, 40)
+    with open(tmp_path / "l96_params.json") as handle:
+        assert json.load(handle)["seed"] == 3
+    capsys.readouterr()
+    again = data.load_or_generate(str(tmp_path), TOY)
+    assert "loaded cached" in capsys.readouterr().out
+    np.testing.assert_array_equal(again["train"], first["train"])
+    changed = data.load_or_generate(
+        str(tmp_path), data.L96Config(**{**TOY.__dict__, "seed": 4}))
+    assert "generated" in capsys.readouterr().out
+    assert not np.array_equal(changed["train"], first["train"])
+    with open(tmp_path / "l96_params.json") as handle:
+        assert json.load(handle)["seed"] == 4
+    # Train and test come from independent initial states.
+    assert metrics.nearest_distance(first["test"], first["train"]).min() > 1.0
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="train_steps"):
+        data.L96Config(train_steps=0)
+    with pytest.raises(ValueError, match="dt"):
+        data.L96Config(dt=0.0)
+    with pytest.raises(TypeError, match="config"):
+        data.load_or_generate("/tmp/unused", config={"seed": 1})
+
+
+# --------------------------------------------------------------- metrics
+def test_hellinger_limits():
+    assert metrics.hellinger([1, 2, 3], [2, 4, 6]) == pytest.approx(0.0, abs=1e-7)
+    assert metrics.hellinger([1, 0], [0, 1]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differ"):
+        metrics.hellinger([1, 2], [1, 2, 3])
+
+
+def test_scores_separate_matching_from_shifted_distributions():
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((4000, 40))
+    same = rng.standard_normal((4000, 40))
+    shifted = same + 1.0
+    assert metrics.marginal_hellinger(same, reference) < 0.05
+    assert metrics.marginal_hellinger(shifted, reference) > 0.3
+    assert metrics.joint_neighbour_hellinger(same, reference) < 0.06
+    assert metrics.joint_neighbour_hellinger(shifted, reference) > 0.3
+    # Power scaled by 4 -> 10 log10(4) = 6.02 dB at every wavenumber.
+    assert metrics.log_spectral_distance(2 * reference, reference) == \
+        pytest.approx(10 * np.log10(4.0))
+    assert metrics.log_spectral_distance(reference, reference) == 0.0
+
+
+def test_autocorrelation_of_a_moving_average():
+    rng = np.random.default_rng(1)
+    white = rng.standard_normal((20000, 40))
+    smooth = white + np.roll(white, -1, axis=1)   # corr(lag 1) = 1/2
+    acf = metrics.spatial_autocorrelation(smooth, 0.0)
+    assert acf[0] == pytest.approx(1.0)
+    assert acf[1] == pytest.approx(0.5, abs=0.01)
+    assert abs(acf[2]) < 0.01
+    assert metrics.autocorrelation_error(smooth, white) == pytest.approx(
+        0.5 / np.sqrt(20), abs=0.01)
+
+
+def test_memorisation_ratio():
+    rng = np.random.default_rng(2)
+    train = rng.standard_normal((500, 40))
+    test = rng.standard_normal((200, 40))
+    copies = train[:200] + 1e-3 * rng.standard_normal((200, 40))
+    scores = metrics.memorisation(copies, train, test)
+    assert scores["memorisation_ratio"] < 0.01
+    fresh = metrics.memorisation(rng.standard_normal((200, 40)), train, test)
+    assert 0.9 < fresh["memorisation_ratio"] < 1.1
+
+
+def test_valid_mask_ignores_masked_variables():
+    rng = np.random.default_rng(3)
+    reference = rng.standard_normal((500, 40))
+    samples = rng.standard_normal((500, 40))
+    valid = np.ones(40, dtype=bool)
+    valid[30:] = False
+    scrambled = samples.copy()
+    scrambled[:, 30:] = 100.0
+    train = rng.standard_normal((300, 40))
+    a = metrics.evaluate(samples, train, reference, valid=valid)
+    b = metrics.evaluate(scrambled, train, reference, valid=valid)
+    for key in a:
+        assert a[key] == pytest.approx(b[key]), key
+    with pytest.raises(ValueError, match="valid"):
+        metrics.evaluate(samples, train, reference, valid=np.ones(39, bool))
+    with pytest.raises(ValueError, match="non-finite"):
+        metrics.evaluate(samples * np.nan, train, reference)
+
+
+# --------------------------------------------------------------- network
+def test_network_is_shift_equivariant_and_uses_the_mask():
+    torch.manual_seed(0)
+    net = network.L96Denoiser(channels=8, n_blocks=2, embedding_dim=16)
+    for block in net.blocks:       # leave the zero-initialised identity
+        torch.nn.init.normal_(block.conv2.weight, std=0.1)
+    z = torch.randn(3, 40)
+    gamma = torch.rand(3, 1)
+    out = net(z, normalized_gamma=gamma)
+    assert out.shape == (3, 40)
+    shifted = net(torch.roll(z, 5, dims=1), normalized_gamma=gamma)
+    torch.testing.assert_close(shifted, torch.roll(out, 5, dims=1),
+                               atol=1e-5, rtol=1e-5)
+    mask = torch.ones(1, 40)
+    mask[:, :10] = 0
+    assert not torch.allclose(net(z, gamma, mask=mask), out)
+    with pytest.raises(ValueError, match="in_tensor"):
+        net(torch.randn(3, 1, 40), gamma)
+    with pytest.raises(ValueError, match="channels"):
+        network.L96Denoiser(channels=0)
+
+
+# --------------------------------------------------------------- pipeline
+TOY_FLAGS = ["--steps", "12", "--batch-size", "16", "--n-samples", "48",
+             "--sampler-steps", "2", "--train-members", "2", "--train-steps",
+             "60", "--test-members", "1", "--test-steps", "60", "--spinup",
+             "20", "--optimal-train", "40", "--channels", "8", "--blocks", "1",
+             "--val-every", "6", "--no-progress", "--threads", "1"]
+FILES = ["samples.npy", "metrics.json", "marginals.png", "autocorrelation.png",
+         "spectra.png", "hovmoller.png", "joint_neighbours.png", "loss.png",
+         "scheduler_logsnr.png", "scheduler_density.png",
+         "scheduler_signal.png", "train_log.csv", "train_log.jsonl",
+         "checkpoint.pt"]
+
+
+def _run_example(out_dir, *extra):
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLE_DIR, "main.py"), "--out",
+         str(out_dir), *TOY_FLAGS, *extra],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mask_mode", ["none", "fixed", "random"])
+def test_pipeline_on_toy_sizes_writes_every_output(tmp_path, mask_mode):
+    stdout = _run_example(tmp_path, "--mask", mask_mode, "--fixed-masked", "6")
+    for name in FILES:
+        assert (tmp_path / name).is_file(), name
+    samples = np.load(tmp_path / "samples.npy")
+    assert samples.shape == (48, 40) and np.isfinite(samples).all()
+    with open(tmp_path / "metrics.json") as handle:
+        report = json.load(handle)
+    assert set(report["results"]) == {"model", "gaussian", "optimal"}
+    for scores in report["results"].values():
+        assert set(scores) >= {"marginal_hellinger", "joint_hellinger",
+                               "autocorrelation_error",
+                               "log_spectral_distance_db",
+                               "memorisation_ratio"}
+    beats = report["model_beats_gaussian_joint_hellinger"]
+    assert beats == (report["results"]["model"]["joint_hellinger"]
+                     < report["results"]["gaussian"]["joint_hellinger"])
+    assert "joint_hellinger" in stdout and "Gaussian baseline" in stdout
+    if mask_mode == "fixed":
+        np.testing.assert_array_equal(samples[:, -6:], 0.0)
+        assert np.abs(samples[:, :-6]).max() > 0
+
+
+def test_random_mask_transform_is_deterministic():
+    main = _load_main()
+    transform = main.RandomMask(0.5)
+    batch = {"data": torch.randn(64, 40)}
+    first = transform(batch, torch.Generator().manual_seed(1))["mask"]
+    second = transform(batch, torch.Generator().manual_seed(1))["mask"]
+    assert torch.equal(first, second)
+    assert 0.4 < float(first.mean()) < 0.6
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+
+
+def _load_main():
+    """main.py imports its siblings by their plain names; drop those from
+    sys.modules again so they cannot shadow other tests' modules."""
+    plain = ("data", "metrics", "network", "plots")
+    before = {name: sys.modules.get(name) for name in plain}
+    sys.path.insert(0, EXAMPLE_DIR)
+    try:
+        return _load("main")
+    finally:
+        sys.path.remove(EXAMPLE_DIR)
+        for name, module in before.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
