@@ -304,6 +304,20 @@ class BaseSampler(torch.nn.Module):
                                 callback=callback, seed=base_seed,
                                 member_offset=member_offset, **conditioning)
 
+    def _check_reconstruct_args(self, in_tensor, n_steps, mask, callback,
+                                member_offset) -> int:
+        """Validate the arguments of ``reconstruct``; returns n_steps."""
+        check_float_tensor("in_tensor", in_tensor, min_ndim=1)
+        n_steps = self.timesteps if n_steps is None else \
+            check_positive_int("n_steps", n_steps)
+        if n_steps > self.timesteps:
+            raise ValueError(f"n_steps must be <= timesteps "
+                             f"({self.timesteps}), got {n_steps}")
+        check_mask(mask, in_tensor, like_name="in_tensor")
+        _check_callable("callback", callback)
+        _check_member_offset(member_offset)
+        return n_steps
+
     @torch.no_grad()
     def reconstruct(self, in_tensor: torch.Tensor,
                     n_steps: Optional[int] = None,
@@ -318,15 +332,8 @@ class BaseSampler(torch.nn.Module):
         state), ``i`` (step of this call), ``gamma``, ``gamma_next`` and
         ``denoised`` (x_hat of the step).
         """
-        check_float_tensor("in_tensor", in_tensor, min_ndim=1)
-        n_steps = self.timesteps if n_steps is None else \
-            check_positive_int("n_steps", n_steps)
-        if n_steps > self.timesteps:
-            raise ValueError(f"n_steps must be <= timesteps "
-                             f"({self.timesteps}), got {n_steps}")
-        check_mask(mask, in_tensor, like_name="in_tensor")
-        _check_callable("callback", callback)
-        _check_member_offset(member_offset)
+        n_steps = self._check_reconstruct_args(in_tensor, n_steps, mask,
+                                               callback, member_offset)
         base_seed = draw_seed(seed if seed is not None else self.seed) \
             if self.needs_noise else None
         grid = self.gamma_grid(in_tensor.device, in_tensor.dtype)

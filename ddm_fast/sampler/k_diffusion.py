@@ -8,11 +8,11 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from .. import ops
-from .._validation import check_float_tensor, check_mask, check_positive_int
+from .._validation import check_float_tensor
 from ..ops import coefficient_dtype
 from ..sampling import draw_seed
 from ..utils import alpha_sigma
-from .base import BaseSampler, _check_callable, _check_member_offset
+from .base import BaseSampler, _check_callable
 
 __all__ = ["KDiffusionSampler"]
 
@@ -100,15 +100,8 @@ class KDiffusionSampler(BaseSampler):
         """Denoise ``in_tensor`` (z at gamma_{timesteps - n_steps}) with
         ``k_func`` over the last ``n_steps`` steps; ``callback`` is
         k-diffusion's (dicts with x, i, sigma, sigma_hat, denoised)."""
-        check_float_tensor("in_tensor", in_tensor, min_ndim=1)
-        n_steps = self.timesteps if n_steps is None else \
-            check_positive_int("n_steps", n_steps)
-        if n_steps > self.timesteps:
-            raise ValueError(f"n_steps must be <= timesteps "
-                             f"({self.timesteps}), got {n_steps}")
-        check_mask(mask, in_tensor, like_name="in_tensor")
-        _check_callable("callback", callback)
-        _check_member_offset(member_offset)
+        n_steps = self._check_reconstruct_args(in_tensor, n_steps, mask,
+                                               callback, member_offset)
         sigmas = self.sigma_grid(n_steps, in_tensor.device, in_tensor.dtype)
         gamma_start = self.gamma_grid(in_tensor.device, in_tensor.dtype)[
             self.timesteps - n_steps]
