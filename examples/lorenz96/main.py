@@ -283,6 +283,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
           f"({results['model']['joint_hellinger']:.4f} vs "
           f"{results['gaussian']['joint_hellinger']:.4f})")
     print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    print(f"outputs (samples.npy, metrics.json, plots, checkpoint) in "
+          f"{os.path.abspath(args.out)}")
     return report
 
 
