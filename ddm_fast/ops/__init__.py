@@ -31,7 +31,7 @@ from .._validation import (check_float_tensor, check_mask, check_per_sample,
                            check_same_device, check_same_shapes, check_seed,
                            check_tensor)
 from ..parameterization import Parameterization, get_param
-from ..utils import alpha_sigma, mask_count
+from ..utils import _reduce_dims, alpha_sigma, mask_count, masked_average
 
 __all__ = ["randn", "affine", "affine_sum", "diffuse", "diffusion_loss",
            "masked_mean", "coefficient_dtype"]
@@ -257,7 +257,6 @@ def masked_mean(x: torch.Tensor, mask: Optional[torch.Tensor] = None,
     """
     check_float_tensor("x", x)
     check_mask(mask, x, like_name="x")
-    from ..utils import _reduce_dims, masked_average
     dims = _reduce_dims(x.ndim, dim)
     trailing = dims == tuple(range(x.ndim - len(dims), x.ndim))
     if x.ndim == 0 or not dims or not trailing or x.numel() == 0:
