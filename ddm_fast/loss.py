@@ -99,7 +99,11 @@ class DiffusionLoss(torch.nn.Module):
         check_mask(mask, latent, like_name="latent")
         batch = latent.shape[0]
         if time is None:
-            time = sample_time(latent, generator=generator)
+            # times in float32 (float64 for float64 data), never in the
+            # latent's low precision: bf16 would quantise gamma
+            template = torch.empty((batch,), device=latent.device,
+                                   dtype=ops.coefficient_dtype(latent))
+            time = sample_time(template, generator=generator)
         gamma = self.scheduler(time).reshape(batch)
         density = self.scheduler.get_density(gamma).reshape(batch)
         if seed is None:

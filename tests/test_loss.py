@@ -183,3 +183,17 @@ def test_diffusion_loss_module_errors():
     with pytest.raises(ValueError, match="denoising_network must return"):
         loss_fn(lambda z, normalized_gamma, mask=None: z[:, :3], torch.randn(2, 5),
                 seed=1)
+
+
+def test_low_precision_latent_keeps_float32_times():
+    seen = {}
+
+    class Recorder(_LinearScheduler):
+        def forward(self, t):
+            seen["dtype"] = t.dtype
+            return super().forward(t)
+
+    x = torch.randn(4, 6).to(torch.bfloat16)
+    out = DiffusionLoss(Recorder())(lambda z, normalized_gamma, mask=None: z, x, seed=3)
+    assert seen["dtype"] == torch.float32
+    assert out.gamma.dtype == torch.float32 and torch.isfinite(out.loss)
