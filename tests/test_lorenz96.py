@@ -255,3 +255,26 @@ def _load_main():
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_pipeline_under_torchrun_two_cpu_processes(tmp_path):
+    """The example's own DDP path: two gloo ranks train, rank 0 evaluates."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+         os.path.join(EXAMPLE_DIR, "main.py"), "--out", str(tmp_path),
+         *TOY_FLAGS],
+        capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("training ") == 1  # rank 0 reports alone
+    for name in FILES:
+        assert (tmp_path / name).is_file(), name
+    assert np.load(tmp_path / "samples.npy").shape == (48, 40)

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -155,22 +156,41 @@ def format_table(results: Dict[str, Dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def setup_distributed(device: torch.device) -> torch.device:
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group (nccl on
+    GPU, gloo on CPU) and give each process its own GPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
 def main(argv: Optional[List[str]] = None) -> Dict:
     args = parse_args(argv)
     timings = {}
     start_all = time.perf_counter()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = setup_distributed(torch.device(args.device))
+    rank = dist.get_rank() if dist.is_initialized() else 0
     os.makedirs(args.out, exist_ok=True)
 
-    # -- data
+    # -- data (generated and cached by rank 0, then read by every rank)
     tic = time.perf_counter()
     config = L96Config(n_spinup=args.spinup, train_members=args.train_members,
                        train_steps=args.train_steps,
                        test_members=args.test_members,
                        test_steps=args.test_steps, seed=42)
-    data = load_or_generate(args.data_dir or os.path.join(args.out, "data"), config)
+    data_dir = args.data_dir or os.path.join(args.out, "data")
+    if rank == 0:
+        data = load_or_generate(data_dir, config)
+    if dist.is_initialized():
+        dist.barrier()
+    if rank != 0:
+        data = load_or_generate(data_dir, config)
     train, val, test = data["train"], data["val"], data["test"]
     mean, std = float(train.mean()), float(train.std())
     timings["data_s"] = time.perf_counter() - tic
@@ -209,11 +229,17 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         log_every=max(1, min(100, args.steps // 10)), seed=args.seed,
         batch_transform=batch_transform, callbacks=[scheduler_plots],
         out_dir=args.out, device=device, progress=not args.no_progress)
-    print(f"training {sum(p.numel() for p in network.parameters())} parameters "
-          f"for {args.steps} steps on {device}")
+    if rank == 0:
+        print(f"training {sum(p.numel() for p in network.parameters())} "
+              f"parameters for {args.steps} steps on {device}")
     tic = time.perf_counter()
     train_metrics = trainer.fit()
     timings["train_s"] = time.perf_counter() - tic
+    if dist.is_initialized():
+        # every rank holds the same weights: rank 0 samples and evaluates
+        dist.destroy_process_group()
+        if rank != 0:
+            return {}
 
     # -- sampling (EMA weights) and the baselines
     decoder = GaussianDecoder(mean=mean, std=std,
