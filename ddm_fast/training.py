@@ -400,6 +400,11 @@ class Trainer:
         # Learnable scheduler bounds (``learnable=True``) train with the rest.
         self.trainable_parameters += [p for p in self.loss_fn.parameters()
                                       if p.requires_grad]
+        # DDP averages the network's gradients; the encoder's and the
+        # scheduler's are averaged by hand (_sync_extra_gradients).
+        network_ids = {id(p) for p in self.network.parameters()}
+        self._extra_parameters = [p for p in self.trainable_parameters
+                                  if id(p) not in network_ids]
         self.optimizer = torch.optim.AdamW(self.trainable_parameters, lr=float(lr),
                                            betas=tuple(betas),
                                            weight_decay=float(weight_decay))
@@ -474,6 +479,21 @@ class Trainer:
         return (self.world_size * (local + MASKED_MEAN_EPS) /
                 (total + MASKED_MEAN_EPS)).to(torch.float32)
 
+    def _sync_extra_gradients(self) -> None:
+        """Average over ranks the gradients DDP does not see (a learnable
+        encoder, learnable scheduler bounds), as DDP does for the network, so
+        every rank takes the same update."""
+        if not (self.distributed and self._extra_parameters):
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p)
+                 for p in self._extra_parameters]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        for p, chunk in zip(self._extra_parameters,
+                            flat.split([g.numel() for g in grads])):
+            p.grad = chunk.view_as(p).clone()
+
     def _call_hooks(self, hook: str, *args) -> None:
         for callback in self.callbacks:
             method = getattr(callback, hook, None)
@@ -534,6 +554,7 @@ class Trainer:
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._sync_extra_gradients()
         grad_norm = None
         if self.grad_clip is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.grad_clip)

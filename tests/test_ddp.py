@@ -50,9 +50,24 @@ def run_training(out_dir: str):
         def forward(self, z, normalized_gamma, mask=None):
             return self.body(torch.cat((z, normalized_gamma), dim=-1))
 
-    loss_fn = DiffusionLoss(BinarizedScheduler(gamma_min=-8., gamma_max=8.),
+    class AffineEncoder(torch.nn.Module):
+        """A learnable encoder: its gradients are outside DDP's reach."""
+
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.full((DIM,), 0.5))
+            self.shift = torch.nn.Parameter(torch.zeros(DIM))
+
+        def forward(self, data, mask=None):
+            latent = data * self.scale + self.shift
+            return latent if mask is None else latent * mask
+
+    # learnable bounds: the scheduler's gradients are outside DDP's reach too
+    loss_fn = DiffusionLoss(BinarizedScheduler(gamma_min=-8., gamma_max=8.,
+                                               learnable=True),
                             param="v", weighting="sigmoid")
     trainer = Trainer(Net(), loss_fn, make_data(N_SAMPLES, 1),
+                      encoder=AffineEncoder(),
                       val_data=make_data(20, 2), val_batch_size=10,
                       batch_size=BATCH, max_steps=STEPS, lr=1e-2,
                       warmup_steps=1, ema_decay=0.8, val_every=STEPS,
@@ -62,6 +77,7 @@ def run_training(out_dir: str):
     return {"params": trainer.network.state_dict(),
             "ema": trainer.ema.module.state_dict(),
             "loss_fn": trainer.loss_fn.state_dict(),
+            "encoder": trainer.encoder.state_dict(),
             "val_loss": trainer.last_val_metrics["val_loss"]}
 
 
@@ -108,7 +124,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     single = run_training(str(tmp_path / "single"))
     torch.manual_seed(0)
     initial = torch.nn.Linear(DIM + 1, 32).weight.detach()
-    for group in ("params", "ema", "loss_fn"):
+    for group in ("params", "ema", "loss_fn", "encoder"):
         for key, value in ranks[0][group].items():
             assert torch.equal(value, ranks[1][group][key]), (group, key)
             torch.testing.assert_close(value, single[group][key], rtol=1e-5,
