@@ -18,12 +18,12 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 
 from . import ops
-from ._validation import check_float_tensor, check_gamma_range, check_mask, check_seed
+from ._validation import check_float_tensor, check_gamma_range, check_mask
 from .parameterization import Parameterization, get_param
 from .utils import draw_seed, normalize_gamma, sample_time
 from .weighting import get_weighting
 
-__all__ = ["DiffusionLoss", "DiffusionLossOutput", "draw_seed"]
+__all__ = ["DiffusionLoss", "DiffusionLossOutput"]
 
 
 class DiffusionLossOutput(NamedTuple):
@@ -106,9 +106,7 @@ class DiffusionLoss(torch.nn.Module):
             time = sample_time(template, generator=generator)
         gamma = self.scheduler(time).reshape(batch)
         density = self.scheduler.get_density(gamma).reshape(batch)
-        if seed is None:
-            seed = draw_seed(generator=generator)
-        check_seed("seed", seed)
+        seed = draw_seed(seed, generator)  # checks a given seed
         noised = ops.diffuse(latent, gamma, seed, mask=mask, offset=offset)
         lo, hi = self.gamma_range
         norm_gamma = normalize_gamma(gamma.detach(), lo, hi).reshape(batch, 1)
