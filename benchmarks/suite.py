@@ -24,6 +24,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from ddm_fast.loss import diffusion_loss
+
 import ddm_fast
 from ddm_fast import backends, ops
 from ddm_fast.utils import alpha_sigma
@@ -132,7 +134,7 @@ def _cases(shape, dtype, device):
 
     def fused_loss():
         z = ops.diffuse(x, gamma, 1234, mask=mask)
-        loss, _ = ops.diffusion_loss(f, x, gamma, 1234, mask=mask)
+        loss, _ = diffusion_loss(f, x, gamma, 1234, mask=mask)
         loss.backward()
         return z
 

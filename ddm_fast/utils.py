@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
+from ._masks import mask_count, masked_average_torch, reduce_dims as _reduce_dims  # noqa: F401
+from ._math import alpha_sigma, sigma_tilde
 from ._validation import check_mask, check_seed, check_tensor
 
 __all__ = [
@@ -21,23 +22,6 @@ __all__ = [
     "mask_count",
     "draw_seed",
 ]
-
-
-def alpha_sigma(gamma: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Variance-preserving (alpha, sigma) for a log-SNR ``gamma`` (SPEC §1).
-
-    alpha^2 = sigmoid(gamma), sigma^2 = sigmoid(-gamma), through log-sigmoid
-    so that both stay accurate for |gamma| up to 30 (sqrt(1 - alpha^2) would
-    lose sigma entirely for gamma > 17 in float32).
-    """
-    alpha = torch.exp(0.5 * F.logsigmoid(gamma))
-    sigma = torch.exp(0.5 * F.logsigmoid(-gamma))
-    return alpha, sigma
-
-
-def sigma_tilde(gamma: torch.Tensor) -> torch.Tensor:
-    """Noise level of the exploding form, sigma/alpha = exp(-gamma/2)."""
-    return torch.exp(-0.5 * gamma)
 
 
 def sample_time(
@@ -79,59 +63,6 @@ def normalize_gamma(
     return (gamma - gamma_min) / (gamma_max - gamma_min)
 
 
-def _reduce_dims(ndim: int, dim) -> Tuple[int, ...]:
-    if dim is None:
-        return tuple(range(ndim))
-    if isinstance(dim, int):
-        dim = (dim,)
-    out = []
-    for d in dim:
-        if not -ndim <= d < ndim:
-            raise ValueError(f"dim {d} is out of range for a tensor with "
-                             f"{ndim} dimensions")
-        out.append(d % ndim)
-    if len(set(out)) != len(out):
-        raise ValueError(f"dim contains a repeated dimension: {tuple(dim)}")
-    return tuple(sorted(out))
-
-
-def mask_count(mask: Optional[torch.Tensor], shape: Sequence[int],
-               dim=None, dtype: torch.dtype = torch.float32,
-               device=None) -> torch.Tensor:
-    """Number of valid elements of ``mask`` broadcast to ``shape``, summed
-    over ``dim`` (None: all), without materialising the broadcast.
-
-    A mask of shape (1, 1, H, W) against data (B, C, H, W) counts each valid
-    point B*C times for a full reduction: the sum over the mask's own
-    elements is multiplied by the sizes of the reduced dimensions along
-    which the mask broadcasts.
-    """
-    shape = tuple(shape)
-    dims = _reduce_dims(len(shape), dim)
-    if mask is None:
-        count = 1
-        for d in dims:
-            count *= shape[d]
-        keep = [s for d, s in enumerate(shape) if d not in dims]
-        return torch.full(keep, float(count), dtype=dtype, device=device)
-    valid = (mask != 0).to(dtype)
-    valid = valid.reshape((1,) * (len(shape) - valid.ndim) + tuple(valid.shape))
-    multiplicity = 1
-    sum_dims = []
-    for d in dims:
-        if valid.shape[d] == 1:
-            multiplicity *= shape[d]
-        else:
-            sum_dims.append(d)
-    if sum_dims:
-        valid = valid.sum(dim=sum_dims, keepdim=True)
-    valid = valid * multiplicity
-    keep_shape = [s for d, s in enumerate(shape) if d not in dims]
-    return valid.expand(
-        [1 if d in dims else s for d, s in enumerate(shape)]
-    ).reshape(keep_shape)
-
-
 def masked_average(
         in_tensor: torch.Tensor,
         mask: Optional[torch.Tensor] = None,
@@ -141,25 +72,14 @@ def masked_average(
     """Average of ``in_tensor`` over its valid (mask != 0) elements.
 
     The normaliser counts the elements of the mask *broadcast* to the data
-    (SPEC §1) plus ``eps``; masked elements never enter the sum (they are
-    selected out, so a NaN under land stays out of the result). An all-masked
-    reduction returns 0, never NaN. Works for ``mask=None`` (a plain mean),
-    unlike ddm_dynamical's version, which multiplied by ``None``.
+    plus ``eps``; masked elements never enter the sum (they are selected out,
+    so a NaN under land stays out of the result). An all-masked reduction
+    returns 0, never NaN. Works for ``mask=None`` (a plain mean), unlike
+    ddm_dynamical's version, which multiplied by ``None``.
     """
     check_tensor("in_tensor", in_tensor)
     mask = check_mask(mask, in_tensor, like_name="in_tensor")
-    dims = _reduce_dims(in_tensor.ndim, dim)
-    if mask is None:
-        masked = in_tensor
-    else:
-        masked = torch.where(mask != 0, in_tensor,
-                             torch.zeros((), dtype=in_tensor.dtype,
-                                         device=in_tensor.device))
-    total = masked.sum(dim=dims) if dims else masked
-    count = mask_count(mask, in_tensor.shape, dims, dtype=total.dtype
-                       if total.is_floating_point() else torch.float32,
-                       device=in_tensor.device)
-    return total / (count + eps)
+    return masked_average_torch(in_tensor, mask, dim, eps)
 
 
 def draw_seed(seed: Optional[int] = None,

@@ -3,6 +3,8 @@ checked on the active default backend against formulas written out here."""
 import pytest
 import torch
 
+from ddm_fast.loss import diffusion_loss
+
 from ddm_fast import ops
 from ddm_fast.loss import DiffusionLoss
 from ddm_fast.parameterization import get_param
@@ -50,7 +52,7 @@ def test_diffusion_loss_matches_spec(name, masked):
     dens = torch.tensor([0.1, 0.2, 0.05, 0.3], dtype=torch.float64)
     seed, offset = 1234, 6
 
-    loss, per_sample = ops.diffusion_loss(f, x, gamma, seed, mask=mask, param=name,
+    loss, per_sample = diffusion_loss(f, x, gamma, seed, mask=mask, param=name,
                                           weighting=SigmoidWeighting(),
                                           density=dens, offset=offset)
     eps = ops.randn(shape, seed, offset, dtype=torch.float64)
@@ -108,24 +110,24 @@ def test_loss_is_independent_of_prediction_outside_mask():
     g = f.clone()
     g[:, ~mask[0]] = 1e6
     gamma = torch.tensor([0.0, 1.0])
-    a = ops.diffusion_loss(f, x, gamma, 3, mask=mask)
-    b = ops.diffusion_loss(g, x, gamma, 3, mask=mask)
+    a = diffusion_loss(f, x, gamma, 3, mask=mask)
+    b = diffusion_loss(g, x, gamma, 3, mask=mask)
     torch.testing.assert_close(a, b)
 
 
 def test_diffusion_loss_errors():
     x = torch.randn(2, 5)
     with pytest.raises(ValueError, match="prediction"):
-        ops.diffusion_loss(torch.randn(2, 4), x, torch.zeros(2), 1)
+        diffusion_loss(torch.randn(2, 4), x, torch.zeros(2), 1)
     with pytest.raises(ValueError, match="gamma must hold one value per sample"):
-        ops.diffusion_loss(torch.randn(2, 5), x, torch.zeros(3), 1)
+        diffusion_loss(torch.randn(2, 5), x, torch.zeros(3), 1)
     with pytest.raises(TypeError, match="seed"):
-        ops.diffusion_loss(torch.randn(2, 5), x, torch.zeros(2), 1.5)
+        diffusion_loss(torch.randn(2, 5), x, torch.zeros(2), 1.5)
     with pytest.raises(ValueError, match="mask of shape"):
-        ops.diffusion_loss(torch.randn(2, 5), x, torch.zeros(2), 1,
+        diffusion_loss(torch.randn(2, 5), x, torch.zeros(2), 1,
                            mask=torch.ones(3, 5))
     with pytest.raises(ValueError, match="param must be one of"):
-        ops.diffusion_loss(torch.randn(2, 5), x, torch.zeros(2), 1, param="x0")
+        diffusion_loss(torch.randn(2, 5), x, torch.zeros(2), 1, param="x0")
     with pytest.raises(TypeError, match="latent must be a floating-point"):
         ops.diffuse(torch.ones(2, 5, dtype=torch.long), torch.zeros(2), 1)
     with pytest.raises(ValueError, match="seed must lie in"):
@@ -165,7 +167,7 @@ def test_diffusion_loss_module_end_to_end():
     gamma = sched(t)
     z = ops.diffuse(x, gamma, 11, mask=mask)
     torch.testing.assert_close(out.noised, z)
-    want, want_ps = ops.diffusion_loss(net(z), x, gamma, 11, mask=mask, param="v",
+    want, want_ps = diffusion_loss(net(z), x, gamma, 11, mask=mask, param="v",
                                        weighting=ExponentialWeighting(),
                                        density=sched.get_density(gamma))
     torch.testing.assert_close(out.loss, want)

@@ -1,7 +1,7 @@
 """The fused primitives and the diffusion ops on every available backend.
 
 Each backend is checked against an oracle written here (independent of
-``ddm_fast.ops.reference``, with the noise of ``reference.randn``, which
+``ddm_fast.backends.reference``, with the noise of ``reference.randn``, which
 tests/test_randn.py checks against NumPy): values, input gradients and
 coefficient gradients, masked and unmasked, odd sizes, rows = B and B*C,
 noise on/off, bias, the second output, non-contiguous inputs, offsets that
@@ -14,9 +14,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ddm_fast.loss import diffusion_loss
+
 import ddm_fast
 from ddm_fast import backends, ops
-from ddm_fast.ops import reference
+from ddm_fast.backends import reference
 from conftest import HAS_CUDA, TOLERANCES, assert_close
 
 # ------------------------------------------------------------------ oracle
@@ -285,7 +287,7 @@ def test_determinism_bitwise(backend, device):
     def run():
         pred = pred0.clone().requires_grad_()
         x = latent.clone().requires_grad_()
-        loss, per_sample = ops.diffusion_loss(pred, x, gamma, seed=77, mask=mask,
+        loss, per_sample = diffusion_loss(pred, x, gamma, seed=77, mask=mask,
                                               param="v")
         grads = torch.autograd.grad(loss, [pred, x])
         return [loss, per_sample, *grads]
@@ -300,7 +302,6 @@ needs_triton = pytest.mark.skipif("triton" not in backends.available(),
                                   reason="the triton backend is unavailable")
 
 
-@needs_triton
 @pytest.mark.parametrize("mask_shape,data_shape,expected", [
     ((1, 1, 4, 5), (2, 3, 4, 5), (20, 120)),    # (O, M, I) = (1, 6, 20)
     ((2, 1, 4, 5), (2, 3, 4, 5), (20, 60)),     # (2, 3, 20)
@@ -312,8 +313,8 @@ needs_triton = pytest.mark.skipif("triton" not in backends.available(),
     ((2, 1, 4, 1), (2, 3, 4, 5), None),         # needs the fallback
 ])
 def test_mask_layout(mask_shape, data_shape, expected):
-    from ddm_fast.ops.triton_backend import _mask_layout
-    assert _mask_layout(mask_shape, data_shape) == expected
+    from ddm_fast.backends.layout import mask_layout
+    assert mask_layout(mask_shape, data_shape) == expected
     if expected is not None:  # the index formula reproduces the broadcast
         inner, period = expected
         numel = torch.Size(data_shape).numel()
@@ -325,17 +326,18 @@ def test_mask_layout(mask_shape, data_shape, expected):
 
 @needs_triton
 def test_triton_rejects_cpu_tensors_without_interpreter(monkeypatch):
-    from ddm_fast.ops import triton_backend
+    from ddm_fast.backends import triton_kernels
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     x = torch.randn(2, 3)
+    args = (x, None, None, torch.ones(2, 1), None, None, -1, 0, False, x.dtype)
     if HAS_CUDA:
         with pytest.raises(backends.BackendUnavailableError, match="CPU|cpu"):
-            triton_backend.affine([x], torch.ones(2, 1))
+            triton_kernels.affine(*args)
     else:
-        assert "TRITON_INTERPRET" in triton_backend.why_unavailable("triton")
+        assert "TRITON_INTERPRET" in triton_kernels.why_unavailable("triton")
         with pytest.raises(backends.BackendUnavailableError,
                            match="TRITON_INTERPRET"):
-            triton_backend.affine([x], torch.ones(2, 1))
+            triton_kernels.affine(*args)
 
 
 def _holds_noise(saved, noise):
@@ -343,25 +345,27 @@ def _holds_noise(saved, noise):
         saved.detach().float().reshape(noise.shape), noise, atol=1e-4)
 
 
-def test_noise_detector_sees_reference_saving_noise():
-    """The check of the next test can fail: the reference backend, which
-    materialises the noise, does leave it to autograd."""
+def test_noise_detector_sees_eager_chain_saving_noise():
+    """The check of the next test can fail: the eager chain a user writes,
+    alpha * x + sigma * noise with gamma requiring grad, leaves the noise to
+    autograd."""
     shape = (2, 3, 4)
     latent = torch.randn(shape)
     gamma = torch.tensor([0.0, 1.0], requires_grad=True)
     noise = reference.randn(shape, 5, 0)
     saved = []
-    with backends.use("reference"), torch.autograd.graph.saved_tensors_hooks(
+    with torch.autograd.graph.saved_tensors_hooks(
             lambda t: saved.append(t) or t, lambda t: t):
-        ops.diffuse(latent, gamma, seed=5)
+        alpha = torch.sigmoid(gamma).sqrt().reshape(2, 1, 1)
+        sigma = torch.sigmoid(-gamma).sqrt().reshape(2, 1, 1)
+        alpha * latent + sigma * noise.clone()
     assert any(_holds_noise(t, noise) for t in saved)
 
 
-@needs_triton
-def test_training_step_saves_no_noise():
-    """Autograd keeps no noise-sized tensor between diffuse and the loss:
-    the noise is regenerated from (seed, offset) in both backward passes."""
-    device = torch.device("cuda" if HAS_CUDA else "cpu")
+def test_training_step_saves_no_noise(backend, device):
+    """Autograd keeps no noise-sized tensor between diffuse and the loss, on
+    every backend: the noise is regenerated from (seed, offset) in both
+    backward passes."""
     gen = torch.Generator().manual_seed(11)
     shape = (3, 2, 6, 5)
     seed, offset = 1234, 6
@@ -376,11 +380,10 @@ def test_training_step_saves_no_noise():
         saved.append(t)
         return t
 
-    with backends.use("triton"), \
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         z = ops.diffuse(latent, gamma, seed, mask, offset=offset)
         prediction = z * weight  # the "network": saves z and weight
-        loss, _ = ops.diffusion_loss(prediction, latent, gamma, seed, mask,
+        loss, _ = diffusion_loss(prediction, latent, gamma, seed, mask,
                                      param="eps", offset=offset)
     data_sized = [t for t in saved if t.numel() == latent.numel()]
     for t in data_sized:
@@ -423,7 +426,7 @@ def test_diffusion_loss_matches_reference(fast_backend, device, param, weighting
     def run():
         p = pred.clone().requires_grad_()
         x = latent.clone().requires_grad_()
-        loss, per_sample = ops.diffusion_loss(
+        loss, per_sample = diffusion_loss(
             p, x, gamma, seed=99, mask=mask, param=param,
             weighting=weight_module, density=density, offset=3)
         grads = torch.autograd.grad(loss, [p, x])
@@ -480,7 +483,7 @@ def test_masked_mean_matches_reference(fast_backend, device, dim, mask_pattern):
 def test_int64_index_path_matches_int32(monkeypatch):
     """Tensors over 2**31 elements switch the kernels to int64 element
     indices; forced on a small tensor, that path gives the same bits."""
-    from ddm_fast.ops import triton_backend
+    from ddm_fast.backends import triton_kernels
     device = torch.device("cuda" if HAS_CUDA else "cpu")
     gen = torch.Generator().manual_seed(2)
     shape = (2, 3, 5, 7)
@@ -495,7 +498,7 @@ def test_int64_index_path_matches_int32(monkeypatch):
                     ops.affine_sum(xs, coeffs, mask, seed=3, offset=5, bias=True))
 
     narrow = run()
-    monkeypatch.setattr(triton_backend, "needs_int64_index", lambda numel: True)
+    monkeypatch.setattr(triton_kernels, "needs_int64_index", lambda numel: True)
     wide = run()
     for a, b in zip(narrow, wide):
         assert torch.equal(a, b)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ddm_fast.loss import diffusion_loss
+
 from ddm_fast import backends, ops
 from conftest import HAS_CUDA
 
@@ -23,7 +25,7 @@ def training_loss(latent, net_weight, gamma, mask):
     """diffuse -> a one-parameter "network" -> the diffusion loss."""
     z = ops.diffuse(latent, gamma, SEED, mask, offset=OFFSET)
     prediction = z * net_weight
-    loss, per_sample = ops.diffusion_loss(prediction, latent, gamma, SEED, mask,
+    loss, per_sample = diffusion_loss(prediction, latent, gamma, SEED, mask,
                                           param="v", weighting=None,
                                           offset=OFFSET)
     return loss, per_sample

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ddm_fast import backends, ops
-from ddm_fast.ops import reference
+from ddm_fast.backends import reference
 
 # ----------------------------------------------------- NumPy Philox (SPEC §9)
 _M32 = np.uint64(0xFFFFFFFF)
