@@ -35,7 +35,7 @@ __all__ = ["run_suite", "SHAPES"]
 # (name, shape) per device type: a Lorenz-96 batch, a regional ocean batch,
 # and on GPU one global 0.25° field with 80 channels (the target size).
 SHAPES = {
-    "cpu": [("l96_256x40", (256, 40)), ("regional_4x4x128x256", (4, 4, 128, 256))],
+    "cpu": [("l96_1024x40", (1024, 40)), ("regional_16x4x256x256", (16, 4, 256, 256))],
     "cuda": [("l96_4096x40", (4096, 40)),
              ("regional_16x8x256x512", (16, 8, 256, 512)),
              ("global_1x80x721x1440", (1, 80, 721, 1440))],
@@ -115,7 +115,15 @@ def _cases(shape, dtype, device):
     mask = _mask_for(shape, device)
     gamma = torch.linspace(-5, 5, batch, device=device)
     view = (batch,) + (1,) * (len(shape) - 1)
-    alpha, sigma = alpha_sigma(gamma)
+    # the eager chain as a careful user writes it: coefficients in the data's
+    # dtype (float32 coefficients would promote a bf16 chain to float32)
+    alpha, sigma = (v.to(dtype) for v in alpha_sigma(gamma))
+
+    def eager_randn():
+        return torch.randn_like(x)
+
+    def fused_randn():
+        return ops.randn(shape, 1234, dtype=dtype, device=device)
 
     def eager_diffuse():
         noise = torch.randn_like(x)
@@ -129,22 +137,26 @@ def _cases(shape, dtype, device):
         z = (alpha.view(view) * x + sigma.view(view) * noise) * mask
         err = (f - noise).pow(2) * mask
         loss = err.sum() / (mask.expand_as(err).sum() + 1e-9)
+        f.grad = None  # no accumulation: an uncounted read-modify-write
         loss.backward()
         return z
 
     def fused_loss():
         z = ops.diffuse(x, gamma, 1234, mask=mask)
         loss, _ = diffusion_loss(f, x, gamma, 1234, mask=mask)
+        f.grad = None
         loss.backward()
         return z
 
     x_prev = torch.randn(shape, device=device, dtype=dtype)
     c = torch.rand(batch, 4, device=device)
+    c_eager = c.to(dtype)
 
     def eager_step():  # a DPM-Solver++(2M)-like step with fresh noise
         noise = torch.randn_like(x)
-        out = (c[:, 0].view(view) * x + c[:, 1].view(view) * x_prev
-               + c[:, 2].view(view) * f.detach() + c[:, 3].view(view) * noise)
+        out = (c_eager[:, 0].view(view) * x + c_eager[:, 1].view(view) * x_prev
+               + c_eager[:, 2].view(view) * f.detach()
+               + c_eager[:, 3].view(view) * noise)
         return out * mask
 
     def fused_step():
@@ -158,6 +170,8 @@ def _cases(shape, dtype, device):
         return ops.masked_mean(x, mask, dim=tuple(range(1, x.ndim)))
 
     return {
+        # write the noise
+        "randn": (numel * item, eager_randn, fused_randn),
         # read x, write z
         "diffuse": (2 * numel * item, eager_diffuse, fused_diffuse),
         # forward: read x, write z, read f and x; backward: read f, x, write grad

@@ -7,8 +7,9 @@ collection time, before any test module imports ddm_fast's kernels.
 Fixtures:
 
 - ``backend``: every backend usable here (``ddm_fast.backends.available()``,
-  which includes ``triton`` on CPU through the interpreter), forced with
-  ``backends.use`` for the duration of the test.
+  which includes ``triton`` on CPU through the interpreter) or required
+  here (``DDM_FAST_REQUIRE_BACKENDS``), forced with ``backends.use`` for the
+  duration of the test.
 - ``fast_backend``: the same without ``reference`` (tests comparing a backend
   with the reference oracle).
 - ``device``: where the tensors of a test live (CUDA when present, CPU for
@@ -34,7 +35,11 @@ import pytest  # noqa: E402
 
 from ddm_fast import backends  # noqa: E402
 
-BACKENDS = backends.available()
+# Every backend usable here, plus every backend this machine declares it
+# must have (DDM_FAST_REQUIRE_BACKENDS, set by scripts/test.sh): a required
+# backend that fails to build or import makes its tests fail, never skip.
+BACKENDS = [name for name in backends.NAMES
+            if name in backends.available() or name in backends.required()]
 FAST_BACKENDS = [name for name in BACKENDS if name != "reference"]
 
 # (atol, rtol) per dtype for element-wise results; sums over many elements

@@ -5,6 +5,22 @@ import torch
 from ddm_fast import backends, ops
 
 
+def test_required_backends_are_available():
+    """The backends this machine declares (DDM_FAST_REQUIRE_BACKENDS, set by
+    scripts/test.sh: reference, triton and cpu on CI) must all run: a kernel
+    that fails to build or import fails the suite here, with the reason."""
+    missing = {name: backends.why_unavailable(name)
+               for name in backends.required()
+               if backends.why_unavailable(name) is not None}
+    assert not missing, f"required backends unavailable: {missing}"
+
+
+def test_required_backends_are_declared_by_the_test_script():
+    import os
+    if os.environ.get("CI"):
+        assert {"reference", "triton", "cpu"} <= set(backends.required())
+
+
 def test_reference_always_available():
     assert "reference" in backends.available()
     assert backends.why_unavailable("reference") is None
@@ -43,9 +59,16 @@ def test_unknown_backend_name():
             pass
 
 
-@pytest.mark.skipif("cpu" in backends.available(), reason="C++ extension built")
 def test_forced_unavailable_backend_says_why(monkeypatch):
-    with pytest.raises(backends.BackendUnavailableError, match="'cpu' is unavailable: .*_C"):
+    """An extension that is missing or stale makes its backend unavailable
+    with a sentence (simulated: the CPU module's API version is wrong)."""
+    from ddm_fast.backends import extension
+    monkeypatch.setattr(extension, "_loaded", {})
+    monkeypatch.setattr(extension, "API_VERSION", -7)
+    monkeypatch.setattr(backends, "_checked", {})
+    assert "kernel API" in backends.why_unavailable("cpu")
+    with pytest.raises(backends.BackendUnavailableError,
+                       match="'cpu' is unavailable: .*stale build"):
         with backends.use("cpu"):
             pass
     monkeypatch.setenv("DDM_FAST_BACKEND", "cpu")

@@ -8,7 +8,8 @@ from benchmarks.suite import run_suite, write_json
 def test_quick_suite_reports_every_case(tmp_path):
     report = run_suite("cpu", dtypes=("float32",), compile_baseline=False, quick=True)
     cases = {r["case"] for r in report["results"]}
-    assert cases == {"diffuse", "train_step_ops", "sampler_step", "masked_mean"}
+    assert cases == {"randn", "diffuse", "train_step_ops", "sampler_step",
+                     "masked_mean"}
     impls = {r["impl"] for r in report["results"]}
     assert "eager" in impls and "ddm_fast[reference]" in impls
     assert report["copy_bandwidth_gbps"] > 0

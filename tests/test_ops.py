@@ -502,3 +502,64 @@ def test_int64_index_path_matches_int32(monkeypatch):
     wide = run()
     for a, b in zip(narrow, wide):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------- land never poisons the ocean
+def test_nan_under_land_reaches_no_value_or_gradient(backend, device):
+    """Real ocean and sea-ice fields carry NaN over land: with NaN and Inf at
+    masked positions of the latent and the prediction, the noised latent,
+    the loss, the per-sample statistic and every gradient stay finite, and
+    the gradients are 0 under land."""
+    from ddm_fast.loss import diffusion_loss
+    gen = torch.Generator().manual_seed(21)
+    shape = (3, 2, 6, 7)
+    mask = make_mask("bool", "hw", shape, "cpu", gen).to(device)
+    land = ~mask.expand(shape)
+    latent = torch.randn(shape, generator=gen).to(device)
+    latent[land] = float("nan")
+    latent.view(-1)[land.reshape(-1).nonzero()[0]] = float("inf")
+    latent.requires_grad_()
+    gamma = torch.tensor([-2.0, 0.5, 3.0], device=device, requires_grad=True)
+    z = ops.diffuse(latent, gamma, 5, mask)
+    assert torch.isfinite(z).all() and (z[land] == 0).all()
+    prediction = z * 0.5 + torch.where(land, float("nan"), 0.0)
+    loss, per_sample = diffusion_loss(prediction, latent, gamma, 5, mask,
+                                      param="v")
+    mean = ops.masked_mean(latent, mask, dim=(1, 2, 3))
+    grads = torch.autograd.grad(loss + mean.sum(), [latent, gamma])
+    for value in (loss, per_sample, mean, *grads):
+        assert torch.isfinite(value).all()
+    assert (grads[0][land] == 0).all()
+
+
+@pytest.mark.parametrize("dtypes", [(torch.bfloat16, torch.float32),
+                                    (torch.float32, torch.bfloat16)])
+def test_each_gradient_in_its_input_dtype(backend, device, dtypes):
+    """A float32 latent next to a bf16 prediction (autocast) gets a float32
+    gradient computed in float32, not a bf16-rounded one."""
+    gen = torch.Generator().manual_seed(5)
+    shape = (2, 3, 5, 4)
+    a = torch.randn(shape, generator=gen).to(device, dtypes[0]).requires_grad_()
+    b = torch.randn(shape, generator=gen).to(device, dtypes[1]).requires_grad_()
+    coeffs = torch.randn(2, 3, generator=gen).to(device)
+    out = ops.affine([a, b], coeffs, seed=3)
+    upstream = torch.randn(shape, generator=gen).to(device, out.dtype)
+    ga, gb = torch.autograd.grad((out * upstream).sum(), [a, b])
+    assert ga.dtype == dtypes[0] and gb.dtype == dtypes[1]
+    up = upstream.double().reshape(2, -1)
+    want_b = (coeffs[:, 1:2].double() * up).reshape(shape)
+    atol = 1e-5 if dtypes[1] == torch.float32 else 2e-2
+    torch.testing.assert_close(gb.double(), want_b, rtol=atol, atol=atol)
+
+
+def test_empty_batch(backend, device):
+    """B = 0 works: empty results, a zero loss, no error about coefficients."""
+    from ddm_fast.loss import diffusion_loss
+    latent = torch.zeros(0, 2, 3, device=device, requires_grad=True)
+    gamma = torch.zeros(0, device=device)
+    z = ops.diffuse(latent, gamma, 1)
+    assert z.shape == latent.shape
+    loss, per_sample = diffusion_loss(z * 1.0, latent, gamma, 1)
+    assert per_sample.shape == (0,) and float(loss.detach()) == 0.0
+    loss.backward()
+    assert ops.masked_mean(latent, dim=(1, 2)).shape == (0,)

@@ -1,11 +1,13 @@
 """The fused ops under ``torch.compile(fullgraph=True)`` and ``opcheck``.
 
-On CPU the training loss is compiled with the reference backend (the Triton
-interpreter cannot run on fake tensors) through ``aot_eager``, which traces
-forward and backward exactly as Inductor would see them and fails on any
-graph break; Inductor itself is used on CUDA, where the triton backend is
-compiled too. ``opcheck`` of the custom ops runs its schema and autograd
-registration tests everywhere and the fake-tensor / AOT tests on CUDA.
+A training loss (diffuse -> network -> diffusion loss, forward and backward)
+is compiled with Inductor, the default ``torch.compile`` backend, on every
+backend that can run on fake tensors: the primitives are opaque custom ops
+(``triton_op`` for Triton, whose kernels Inductor sees), so Inductor never
+lowers the Philox chain itself and compiles in seconds. The Triton
+interpreter cannot run on fake tensors, so Triton is compiled on CUDA only.
+``opcheck`` runs every check on every backend's ops (schema, autograd
+registration, fake tensors, AOT dispatch), Triton's fake/AOT checks on CUDA.
 """
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ import torch
 from ddm_fast.loss import diffusion_loss
 
 from ddm_fast import backends, ops
-from conftest import HAS_CUDA
+from ddm_fast.ops import library
+from conftest import BACKENDS, HAS_CUDA, device_for
 
 SEED, OFFSET = 2 ** 33 + 17, 6
-COMPILER = "inductor" if HAS_CUDA else "aot_eager"
 
 
 def training_loss(latent, net_weight, gamma, mask):
@@ -50,7 +52,7 @@ def _run(fn, latent, weight, gamma, mask):
 
 def _compare_compiled(backend_name, device):
     torch._dynamo.reset()
-    compiled = torch.compile(training_loss, fullgraph=True, backend=COMPILER)
+    compiled = torch.compile(training_loss, fullgraph=True)
     args = _inputs(device)
     with backends.use(backend_name):
         eager = _run(training_loss, *args)
@@ -61,20 +63,17 @@ def _compare_compiled(backend_name, device):
                                    msg=lambda m: f"{name}: {m}")
 
 
-def test_compile_fullgraph_reference_matches_eager():
-    _compare_compiled("reference", torch.device("cuda" if HAS_CUDA else "cpu"))
+COMPILABLE = [name for name in BACKENDS if name != "triton" or HAS_CUDA]
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="the triton backend compiles only on "
-                    "CUDA (the interpreter cannot run on fake tensors)")
-def test_compile_fullgraph_triton_matches_eager():
-    _compare_compiled("triton", torch.device("cuda"))
+@pytest.mark.parametrize("backend_name", COMPILABLE)
+def test_compile_fullgraph_inductor_matches_eager(backend_name):
+    _compare_compiled(backend_name, device_for(backend_name))
 
 
 # ---------------------------------------------------------------- opcheck
-needs_triton = pytest.mark.skipif("triton" not in backends.available(),
-                                  reason="the triton backend is unavailable")
-CPU_OPCHECK_TESTS = ("test_schema", "test_autograd_registration")
+FAKE_SAFE = [name for name in BACKENDS if name != "triton" or HAS_CUDA]
+CPU_TRITON_OPCHECK_TESTS = ("test_schema", "test_autograd_registration")
 
 
 def _opcheck_cases(device):
@@ -84,28 +83,29 @@ def _opcheck_cases(device):
     coeffs = torch.randn(2, 4, generator=gen).to(device).requires_grad_()
     coeffs_nb = torch.randn(2, 3, generator=gen).to(device)
     mask = (torch.rand(1, 3, 5, generator=gen) > 0.3).to(torch.uint8).to(device)
+    f32 = torch.float32
     return {
-        "affine_triton": (x, y, None, coeffs, coeffs.detach() * 2, mask, 5, 3, True),
-        "affine_triton_nonoise": (x, y, None, coeffs_nb, None, None, -1, 0, True),
-        "affine_sum_triton": (x, y, None, coeffs, mask, 5, 3, 2, True),
-        "affine_sum_triton_p1": (x, y, None, coeffs_nb, mask, -1, 0, 1, True),
-        "affine_dots_triton": (x, y.detach(), None, x, coeffs.detach(), mask, 5,
-                               3, True, 1),
-        "randn_triton": (10, 5, 3, torch.float32, torch.device(device)),
+        "affine": (x, y, None, coeffs, coeffs.detach() * 2, mask, 5, 3, True, f32),
+        "affine_nonoise": (x, y, None, coeffs_nb, None, None, -1, 0, True, f32),
+        "affine_sum": (x, y, None, coeffs, mask, 5, 3, 2, True),
+        "affine_sum_p1": (x, y, None, coeffs_nb, mask, -1, 0, 1, True),
+        "affine_dots": (x, y.detach(), None, x, coeffs.detach(), mask, 5, 3,
+                        True, 1),
+        "randn": (10, 5, 3, torch.float32, torch.device(device)),
     }
 
 
-@needs_triton
-@pytest.mark.parametrize("case", ["affine_triton", "affine_triton_nonoise",
-                                  "affine_sum_triton", "affine_sum_triton_p1",
-                                  "affine_dots_triton", "randn_triton"])
-def test_opcheck(case):
-    device = "cuda" if HAS_CUDA else "cpu"
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("case", ["affine", "affine_nonoise", "affine_sum",
+                                  "affine_sum_p1", "affine_dots", "randn"])
+def test_opcheck(backend_name, case):
+    device = device_for(backend_name)
     args = _opcheck_cases(device)[case]
-    op = getattr(torch.ops.ddm_fast, case.split("_triton")[0] + "_triton")
-    if HAS_CUDA:
+    prims = library.primitives(backend_name)
+    op = getattr(prims, case.replace("_nonoise", "").replace("_p1", ""))
+    if backend_name in FAKE_SAFE:
         torch.library.opcheck(op, args)
     else:
         # test_faketensor / test_aot_dispatch_* need the kernels to run on
         # fake tensors, which the interpreter cannot: CUDA only
-        torch.library.opcheck(op, args, test_utils=CPU_OPCHECK_TESTS)
+        torch.library.opcheck(op, args, test_utils=CPU_TRITON_OPCHECK_TESTS)

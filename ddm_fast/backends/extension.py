@@ -47,10 +47,10 @@ def _load(kind: str):
         except ImportError as exc:
             config = _build_config()
             built = config is not None and (config.get(kind) or {}).get("built")
+            needs = "a C++ compiler and nvcc" if kind == "cuda" else "a C++ compiler"
             hint = ("it was built but does not import" if built else
-                    "it was not built (a C++ compiler" +
-                    (" and nvcc" if kind == "cuda" else "") +
-                    " are needed at install time: pip install . again)")
+                    f"it was not built ({needs} at install time; run "
+                    f"pip install . again)")
             _loaded[kind] = (None, f"the compiled extension {name} is missing: "
                                    f"{hint}: {exc}")
             return _loaded[kind]

@@ -113,7 +113,8 @@ def randn(shape: Union[int, Sequence[int]], seed: int, offset: int = 0,
     n2, n3 = _box_muller(_uniform(words[2]), _uniform(words[3]))
     noise = torch.stack((n0, n1, n2, n3), dim=-1).reshape(-1)
     start = offset - 4 * first
-    return noise[start:start + numel].reshape(shape).to(dtype)
+    # a fresh tensor (no storage offset): ops must not return views
+    return noise[start:start + numel].reshape(shape).to(dtype, copy=True)
 
 
 def _columns(x0, x1, x2, seed: int, offset: int, bias: bool, rows: int,
