@@ -11,11 +11,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import combine, elementwise_configs, load_inputs, mask_keep, noise_tile
+from .common import combine, load_inputs, mask_keep, noise_tile
 
 
-@triton.autotune(configs=elementwise_configs(), key=["numel"])
-@triton.jit
+# seed and offsets are not specialised (divisible by 16, equal to 1, 32/64
+# bit): one compiled kernel serves every seed, not one per seed class
+@triton.jit(do_not_specialize=["seed", "offset", "first_counter"])
 def affine_kernel(x0_ptr, x1_ptr, x2_ptr, c_ptr, c2_ptr, mask_ptr,
                   out_ptr, out2_ptr,
                   seed, offset, first_counter, numel, per_row,

@@ -25,7 +25,7 @@ import triton.language as tl
 from .common import combine, load_inputs, mask_keep, noise_tile
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "offset"])
 def row_reduce_kernel(x0_ptr, x1_ptr, x2_ptr, c_ptr, w_ptr, mask_ptr,
                       partial_ptr,
                       seed, offset, per_row, blocks_per_row,

@@ -24,13 +24,20 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 INTERPRETER_COUNTERS = 1024
 
 
-def elementwise_configs():
-    """Autotuning space of the element-wise kernels (affine, randn). The
-    interpreter has no benchmarker: there, a single configuration."""
+def elementwise_launch(numel: int):
+    """(COUNTERS, num_warps) of the element-wise kernels (affine, randn): a
+    pure function of the size, not timing-based autotuning, which would
+    benchmark with host synchronisations on the first call of every size,
+    cannot run inside CUDA-graph capture, and keyed on the size alone would
+    share one variant's choice with another. Every configuration gives each
+    thread whole counters (COUNTERS >= 32 * num_warps), so no Philox counter
+    is computed twice. Small tensors take small tiles (more programs for the
+    SMs), large ones four counters (16 elements) per thread."""
     if INTERPRETING:
-        return [triton.Config({"COUNTERS": INTERPRETER_COUNTERS}, num_warps=4)]
-    return [triton.Config({"COUNTERS": counters}, num_warps=warps)
-            for counters in (128, 256, 512) for warps in (4, 8)]
+        return INTERPRETER_COUNTERS, 4
+    if numel <= 4 * 128 * 1024:
+        return 128, 4
+    return 512, 4
 
 
 def reduction_launch(counters_per_row: int):

@@ -4,11 +4,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import elementwise_configs, noise_tile
+from .common import noise_tile
 
 
-@triton.autotune(configs=elementwise_configs(), key=["numel"])
-@triton.jit
+# seed and offsets are not specialised (divisible by 16, equal to 1, 32/64
+# bit): one compiled kernel serves every seed, not one per seed class
+@triton.jit(do_not_specialize=["seed", "offset", "first_counter"])
 def randn_kernel(out_ptr, seed, offset, first_counter, numel,
                  COUNTERS: tl.constexpr):
     """Writes noise[offset + i] for i < numel. The grid covers the counters

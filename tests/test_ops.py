@@ -563,3 +563,29 @@ def test_empty_batch(backend, device):
     assert per_sample.shape == (0,) and float(loss.detach()) == 0.0
     loss.backward()
     assert ops.masked_mean(latent, dim=(1, 2)).shape == (0,)
+
+
+@needs_triton
+def test_triton_reductions_over_several_blocks(monkeypatch):
+    """Rows spanning several blocks (stage 2 summing the partials) and rows
+    of one block (no second launch) give the reference's sums."""
+    from ddm_fast.backends import triton_kernels
+    device = torch.device("cuda" if HAS_CUDA else "cpu")
+    gen = torch.Generator().manual_seed(6)
+    shape = (3, 2, 11, 13)
+    xs = random_inputs(shape, 2, torch.float32, device, gen)
+    mask = make_mask("bool", "hw", shape, device, gen)
+    coeffs = torch.randn(3, 4, generator=gen).to(device)
+    with backends.use("reference"):
+        want = ops.affine_sum(xs, coeffs, mask, seed=4, offset=3, bias=True)
+        want_dots = ops.affine_dots(xs, coeffs, mask, seed=4, offset=3,
+                                    bias=True, weight="combination")
+    for counters in (16, 1024):
+        monkeypatch.setattr(triton_kernels, "reduction_launch",
+                            lambda n, c=counters: (c, 4))
+        with backends.use("triton"):
+            got = ops.affine_sum(xs, coeffs, mask, seed=4, offset=3, bias=True)
+            dots = ops.affine_dots(xs, coeffs, mask, seed=4, offset=3,
+                                   bias=True, weight="combination")
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-4)
+        torch.testing.assert_close(dots, want_dots, rtol=2e-5, atol=1e-4)

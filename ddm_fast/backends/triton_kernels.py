@@ -15,6 +15,7 @@ set before Triton is imported): slow, meant for tests.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import List, Optional, Sequence, Tuple
@@ -78,13 +79,23 @@ def _check_device(device) -> None:
         f"is imported")
 
 
+def _on(device: torch.device):
+    """Launch on the tensors' device (and so its current stream), not on
+    whichever device happens to be current: tensors on cuda:1 while cuda:0
+    is current would otherwise fail or race."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 # ------------------------------------------------------------ the launches
 if _STATIC_REASON is None:  # triton present and recent enough
     from torch.library import wrap_triton
 
     from ..kernels.affine import affine_kernel
     from ..kernels.affine_sum import row_reduce_kernel, sum_partials_kernel
-    from ..kernels.common import needs_int64_index, reduction_launch
+    from ..kernels.common import (elementwise_launch, needs_int64_index,
+                                  reduction_launch)
     from ..kernels.randn import randn_kernel
 
 
@@ -96,9 +107,11 @@ def randn(numel: int, seed: int, offset: int, dtype: torch.dtype,
     if numel > 0:
         first = offset // 4
         n_counters = (offset + numel - 1) // 4 - first + 1
-        wrap_triton(randn_kernel)[
-            lambda meta: (triton.cdiv(n_counters, meta["COUNTERS"]),)](
-            out, seed, offset, first, numel)
+        counters, warps = elementwise_launch(numel)
+        with _on(device):
+            wrap_triton(randn_kernel)[(triton.cdiv(n_counters, counters),)](
+                out, seed, offset, first, numel, COUNTERS=counters,
+                num_warps=warps)
     return out
 
 
@@ -116,17 +129,18 @@ def affine(x0, x1, x2, coeffs, coeffs2, mask, seed: int, offset: int,
     mask_mode, mask_inner, mask_period = kernel_mask_layout(mask, x0.shape)
     first = offset // 4
     n_counters = (offset + numel - 1) // 4 - first + 1
-    wrap_triton(affine_kernel)[
-        lambda meta: (triton.cdiv(n_counters, meta["COUNTERS"]),)](
-        x0, x1 if x1 is not None else x0, x2 if x2 is not None else x0,
-        coeffs, coeffs2 if coeffs2 is not None else coeffs,
-        mask if mask is not None else x0,
-        out, out2 if coeffs2 is not None else out,
-        max(seed, 0), offset, first, numel, numel // coeffs.shape[0],
-        mask_inner, mask_period,
-        N_INPUTS=n_inputs, HAS_NOISE=int(seed >= 0), HAS_BIAS=int(bias),
-        HAS_OUT2=int(coeffs2 is not None), MASK_MODE=mask_mode,
-        INDEX_64=needs_int64_index(numel))
+    counters, warps = elementwise_launch(numel)
+    with _on(x0.device):
+        wrap_triton(affine_kernel)[(triton.cdiv(n_counters, counters),)](
+            x0, x1 if x1 is not None else x0, x2 if x2 is not None else x0,
+            coeffs, coeffs2 if coeffs2 is not None else coeffs,
+            mask if mask is not None else x0,
+            out, out2 if coeffs2 is not None else out,
+            max(seed, 0), offset, first, numel, numel // coeffs.shape[0],
+            mask_inner, mask_period,
+            N_INPUTS=n_inputs, HAS_NOISE=int(seed >= 0), HAS_BIAS=int(bias),
+            HAS_OUT2=int(coeffs2 is not None), MASK_MODE=mask_mode,
+            INDEX_64=needs_int64_index(numel), COUNTERS=counters, num_warps=warps)
     return out, out2
 
 
@@ -149,20 +163,31 @@ def _row_reduce(x0, x1, x2, weight, coeffs, mask, seed, offset, bias,
     partials = torch.empty(rows * blocks_per_row * n_out_cols,
                            dtype=coeffs.dtype, device=x0.device)
     mask_mode, mask_inner, mask_period = kernel_mask_layout(mask, x0.shape)
-    wrap_triton(row_reduce_kernel)[(rows * blocks_per_row,)](
-        x0, x1 if x1 is not None else x0, x2 if x2 is not None else x0,
-        coeffs, weight if weight is not None else x0,
-        mask if mask is not None else x0, partials,
-        max(seed, 0), offset, per_row, blocks_per_row,
-        mask_inner, mask_period,
-        N_INPUTS=n_inputs, HAS_NOISE=int(seed >= 0), HAS_BIAS=int(bias),
-        MASK_MODE=mask_mode, RESULT=result, POWER=power,
-        WEIGHT=weight_kind, INDEX_64=needs_int64_index(numel),
-        COUNTERS=counters, num_warps=num_warps)
-    out = torch.empty((rows, n_out_cols), dtype=coeffs.dtype, device=x0.device)
+    with _on(x0.device):
+        wrap_triton(row_reduce_kernel)[(rows * blocks_per_row,)](
+            x0, x1 if x1 is not None else x0, x2 if x2 is not None else x0,
+            coeffs, weight if weight is not None else x0,
+            mask if mask is not None else x0, partials,
+            max(seed, 0), offset, per_row, blocks_per_row,
+            mask_inner, mask_period,
+            N_INPUTS=n_inputs, HAS_NOISE=int(seed >= 0), HAS_BIAS=int(bias),
+            MASK_MODE=mask_mode, RESULT=result, POWER=power,
+            WEIGHT=weight_kind, INDEX_64=needs_int64_index(numel),
+            COUNTERS=counters, num_warps=num_warps)
+    return _sum_partials(partials, rows, n_out_cols, blocks_per_row)
+
+
+def _sum_partials(partials, rows, n_out_cols, blocks_per_row):
+    """Stage 2: each row's partials in a fixed order; a row of one block
+    needs no second launch."""
+    if blocks_per_row == 1:
+        return partials.reshape(rows, n_out_cols)
+    out = torch.empty((rows, n_out_cols), dtype=partials.dtype,
+                      device=partials.device)
     block = min(1024, max(16, triton.next_power_of_2(blocks_per_row)))
-    wrap_triton(sum_partials_kernel)[(rows * n_out_cols,)](
-        partials, out, blocks_per_row, n_out_cols, BLOCK=block)
+    with _on(partials.device):
+        wrap_triton(sum_partials_kernel)[(rows * n_out_cols,)](
+            partials, out, blocks_per_row, n_out_cols, BLOCK=block)
     return out
 
 
