@@ -79,17 +79,30 @@ const char* simd_level();
 // Force a path ("scalar", "avx2", "avx512", or "auto"); false when this CPU
 // or build cannot run it. For tests.
 bool set_simd_level(const char* level);
+// The paths compiled into this build, comma-separated ("scalar,avx2,avx512").
+const char* simd_units();
+// Whether this build runs its tiles on an OpenMP team (else `threads` is
+// ignored and every call runs on the calling thread).
+bool openmp();
 }  // namespace cpu
 
 namespace cuda {
 // Same semantics on device pointers, launched on `stream` (a cudaStream_t)
-// of device `device`. Asynchronous; errors of the launch are thrown.
+// of device `device`. Asynchronous; errors of the launch are thrown
+// (std::invalid_argument for bad arguments, std::runtime_error with the CUDA
+// error string for CUDA failures). Pointers must be aligned to their element
+// size; outputs must not overlap inputs (inputs are read through the
+// read-only data cache). The combination rounds each product and sum
+// separately (no FMA contraction), like the eager reference.
 void randn(void* out, DType out_dtype, int64_t numel, uint64_t seed, int64_t offset,
            int device, void* stream);
 void affine(const AffineProblem& p, const void* coeffs2, void* out, void* out2,
             DType out_dtype, int device, void* stream);
-// `workspace`: scratch of workspace_bytes(p, ...) bytes on the device (the
-// Python side allocates it through torch's caching allocator).
+// `workspace`: scratch of reduction_workspace_bytes(p, result_cols) bytes on
+// the device, 8-byte aligned (the Python side allocates it through torch's
+// caching allocator); result_cols = 1 for affine_sum, p.n_cols() for
+// affine_dots. The size depends on (numel, rows, result_cols) only; 0 for
+// numel == 0. The reductions write `out` also when numel == 0 (zeros).
 int64_t reduction_workspace_bytes(const AffineProblem& p, int result_cols);
 void affine_sum(const AffineProblem& p, int power, void* out, void* workspace,
                 int device, void* stream);
