@@ -74,7 +74,8 @@ class DiffusionLossOutput(NamedTuple):
 
 
 class DiffusionLoss(torch.nn.Module):
-    """The masked diffusion loss of SPEC §5 around a denoising network.
+    """The masked diffusion loss (docs/math.md, "The diffusion loss") around
+    a denoising network.
 
     Parameters
     ----------

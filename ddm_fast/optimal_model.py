@@ -1,4 +1,5 @@
-"""The empirical optimal denoiser (SPEC §8; Karras et al., 2022, eq. 57).
+"""The empirical optimal denoiser (docs/math.md, "The optimal denoiser";
+Karras et al., 2022, eq. 57).
 
 For training latents x_1..x_N and a noised z at log-SNR gamma, with
 x_e = z / alpha and sigma_tilde^2 = exp(-gamma):

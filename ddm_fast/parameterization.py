@@ -1,8 +1,9 @@
-"""Parameterizations of the denoising network's output (SPEC §3).
+"""Parameterizations of the denoising network's output (docs/math.md,
+"Parameterizations").
 
 Every parameterization is affine in its tensors with per-sample coefficients
-(SPEC §7). Each class therefore states its whole story as four small
-coefficient functions of gamma:
+(docs/math.md, "The coefficient algebra"). Each class therefore states its
+whole story as four small coefficient functions of gamma:
 
 - ``target_coefficients``:  f* = a * x + c * eps
 - ``denoise_coefficients``: x_hat = p * z + q * f
@@ -13,7 +14,7 @@ The tensor-level methods (``forward``, ``get_noise``, ``estimate_errors``,
 with ddm_dynamical's signatures) are the plain-PyTorch reference built from
 those coefficients; the fused ops and samplers use the coefficients directly.
 alpha and sigma arguments are accepted for compatibility; the coefficients
-are computed from gamma alone, stably (SPEC §1).
+are computed from gamma alone, stably (docs/math.md, "Conventions").
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ k-diffusion runs unchanged against :func:`sample_euler`,
 
 What differs is the inside: every element-wise update is a single
 :func:`ddm_fast.ops.affine` call whose per-sample coefficients are computed
-here, in float64, on vectors of length B (SPEC §7). The coefficient functions
+here, in float64, on vectors of length B (docs/math.md,
+"The coefficient algebra"). The coefficient functions
 (:func:`euler_coefficients`, :func:`heun_coefficients`,
 :func:`dpmpp_2m_coefficients`) are public: they take per-sample half
 log-SNRs lambda = -log(sigma_tilde) = gamma/2, so members of one batch may
@@ -21,7 +22,8 @@ of :mod:`ddm_fast.sampler`. A member whose next level is sigma_tilde = 0
 a tensor value on the host, so a whole loop can be captured as a CUDA graph.
 
 Extras beyond k-diffusion (keyword-only, defaults keep its behaviour):
-``seed`` and ``member_offset`` for the counter-based noise (SPEC §9; noise of
+``seed`` and ``member_offset`` for the counter-based noise (docs/math.md,
+"Counter-based noise"; noise of
 step i is stream ``noise_seed(seed, i + 1)`` at offset ``member_offset *
 numel_per_sample``, so an ensemble member's noise does not depend on how the
 ensemble is batched) and ``mask`` (masked positions of every state are 0).

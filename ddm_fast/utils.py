@@ -28,7 +28,8 @@ def sample_time(
         template_tensor: torch.Tensor,
         generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
-    """Stratified pseudo-times for a batch (SPEC §2).
+    """Stratified pseudo-times for a batch (docs/math.md,
+    "Stratified pseudo-times").
 
     t_b = (u + b/B) mod 1 with a single u ~ U[0, 1): every batch covers [0, 1)
     evenly, which lowers the variance of the diffusion loss (Kingma et al.,

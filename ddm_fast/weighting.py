@@ -1,4 +1,5 @@
-"""Loss weightings lambda(gamma) over the log-SNR (SPEC §4)."""
+"""Loss weightings lambda(gamma) over the log-SNR (docs/math.md,
+"Weightings")."""
 from __future__ import annotations
 
 import math
@@ -39,7 +40,8 @@ class ExponentialWeighting(torch.nn.Module):
 
 
 class ELBOWeighting(torch.nn.Module):
-    """Constant 1: the loss is the ELBO (up to the density, SPEC §5)."""
+    """Constant 1: the loss is the ELBO (up to the density; docs/math.md,
+    "The diffusion loss")."""
 
     def forward(self, gamma: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(gamma)

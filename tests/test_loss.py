@@ -1,5 +1,6 @@
-"""The diffusion loss of SPEC §5, the noising of SPEC §1 and DiffusionLoss,
-checked on the active default backend against formulas written out here."""
+"""The diffusion loss and the noising (docs/math.md, "The diffusion loss"
+and "Conventions") and DiffusionLoss, checked on the active default backend
+against formulas written out here."""
 import pytest
 import torch
 
@@ -12,7 +13,8 @@ from ddm_fast.weighting import ExponentialWeighting, SigmoidWeighting
 
 
 def _spec_target_and_weight(name, x, eps, gamma):
-    """f* and w straight from the table of SPEC §3 (float64)."""
+    """f* and w straight from the table of docs/math.md, "The table"
+    (float64)."""
     alpha = torch.sigmoid(gamma).sqrt()
     sigma = torch.sigmoid(-gamma).sqrt()
     s_t = torch.exp(-gamma / 2)

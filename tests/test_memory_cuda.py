@@ -1,6 +1,7 @@
 """Peak GPU memory of a training step: the fused ops keep no noise tensor
-(SPEC §9), so a step built from diffuse + diffusion_loss peaks at least one
-data-sized tensor below the eager chain that stores eps for the backward."""
+(docs/math.md, "Counter-based noise"), so a step built from diffuse +
+diffusion_loss peaks at least one data-sized tensor below the eager chain
+that stores eps for the backward."""
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
-"""OptimalModel (SPEC §8): streamed empirical denoiser against brute force."""
+"""OptimalModel (docs/math.md, "The optimal denoiser"): streamed empirical
+denoiser against brute force."""
 
 import pytest
 import torch

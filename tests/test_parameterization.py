@@ -1,4 +1,5 @@
-"""SPEC §3 and §4: every parameterization's identities and the weightings."""
+"""docs/math.md, "Parameterizations" and "Weightings": every
+parameterization's identities and the weightings."""
 import math
 
 import pytest

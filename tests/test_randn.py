@@ -1,4 +1,4 @@
-"""The counter-based noise of SPEC §9.
+"""The counter-based noise of docs/math.md, "Counter-based noise".
 
 Three independent sources must agree: an implementation of Philox4x32-10 and
 Box–Muller written here in NumPy (uint64 arithmetic, float32 transforms), a
@@ -16,7 +16,7 @@ import torch
 from ddm_fast import backends, ops
 from ddm_fast.backends import reference
 
-# ----------------------------------------------------- NumPy Philox (SPEC §9)
+# ------------------------ NumPy Philox (docs/math.md, "Philox4x32-10")
 _M32 = np.uint64(0xFFFFFFFF)
 
 

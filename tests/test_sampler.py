@@ -1,7 +1,8 @@
 """Tests of the module samplers (ddm_fast.sampler).
 
-Oracles: the independent float64 implementation of SPEC §6 and the analytic
-Gaussian denoiser of tests/test_sampling.py. The module samplers work in the
+Oracles: the independent float64 implementation of docs/math.md,
+"Sampler steps", and the analytic Gaussian denoiser of
+tests/test_sampling.py. The module samplers work in the
 variance-preserving form on the grid gamma_k = scheduler(linspace(1, 0, T+1))
 with the last step onto sigma_tilde = 0; the exploding-form references run
 on sigma_k = exp(-gamma_k / 2) with the last value replaced by 0.
@@ -87,7 +88,8 @@ def start_z(batch=3, seed=0):
 
 
 def ref_ddim(z, gammas, eta, noises):
-    """SPEC §6 DDIM(eta) in the VP form; the last step returns x_hat."""
+    """DDIM(eta) of docs/math.md, "DDIM and DDPM", in the VP form; the
+    last step returns x_hat."""
     gammas = [float(g) for g in gammas]
     for k in range(len(gammas) - 1):
         g_t, g_s = gammas[k], gammas[k + 1]

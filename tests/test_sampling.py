@@ -1,9 +1,10 @@
 """Tests of the k-diffusion-style function samplers (ddm_fast.sampling).
 
-The oracle is an independent float64 implementation of SPEC §6 written
-here from the formulas (plain torch, no ddm_fast ops), driven by an analytic
-Gaussian denoiser: for data x ~ N(mu, diag(s^2)) the exact denoiser in the
-exploding form is x_hat = mu + s^2 / (s^2 + sigma^2) (x_e - mu).
+The oracle is an independent float64 implementation of docs/math.md,
+"Sampler steps", written here from the formulas (plain torch, no ddm_fast
+ops), driven by an analytic Gaussian denoiser: for data x ~ N(mu, diag(s^2))
+the exact denoiser in the exploding form is
+x_hat = mu + s^2 / (s^2 + sigma^2) (x_e - mu).
 The helpers are shared with tests/test_sampler.py.
 """
 from __future__ import annotations
@@ -70,7 +71,7 @@ def step_noise(shape, seed, step, member_offset=0, dtype=torch.float64):
                      member_offset * per_sample, dtype=dtype)
 
 
-# --------------------------------------- independent SPEC §6 (exploding)
+# ------------- independent docs/math.md, "Sampler steps" (exploding form)
 def _den(x, sigma: float):
     return exact_denoised_exploding(x, torch.tensor(sigma, dtype=torch.float64))
 
@@ -108,7 +109,8 @@ def ref_ancestral(x, sigmas, eta, s_noise, noises):
 
 
 def ref_dpmpp_2m(x, sigmas):
-    """SPEC §6 DPM-Solver++(2M) with lambda = -log(sigma)."""
+    """DPM-Solver++(2M) of docs/math.md, "DPM-Solver++(2M)", with
+    lambda = -log(sigma)."""
     sigmas = [float(s) for s in sigmas]
     lam = [-math.log(s) if s > 0 else math.inf for s in sigmas]
     prev = None

@@ -1,5 +1,6 @@
-"""Noise schedulers (SPEC §2): truncation, inverse, density, gradients, the
-adaptive binarized update (also across two gloo processes) and errors.
+"""Noise schedulers (docs/math.md, "Schedulers"): truncation, inverse,
+density, gradients, the adaptive binarized update (also across two gloo
+processes) and errors.
 
 Closed forms are written out here with NumPy/SciPy, independently of the
 library's (stabilised) formulas.
@@ -87,7 +88,8 @@ def interior_gammas(scheduler, n=40, margin=1e-3, seed=0):
 
 # ------------------------------------------------------------ closed forms
 def reference_gamma(name, scheduler, time):
-    """gamma(t) from the formulas of SPEC §2 in NumPy (float64)."""
+    """gamma(t) from the formulas of docs/math.md, "Schedulers", in NumPy
+    (float64)."""
     t = np.asarray(time, dtype=np.float64)
     lo, hi = bounds(scheduler)
     if name == "linear":
@@ -128,7 +130,8 @@ def reference_gamma(name, scheduler, time):
 
 
 def reference_density(name, scheduler, gamma):
-    """p(gamma) from SPEC §2 (unnormalised form / its integral)."""
+    """p(gamma) from docs/math.md, "Schedulers" (unnormalised form / its
+    integral)."""
     g = np.asarray(gamma, dtype=np.float64)
     lo, hi = bounds(scheduler)
     if name == "cosine":

@@ -1,4 +1,5 @@
-"""Masked utilities, time sampling and argument checks (SPEC §1, §2)."""
+"""Masked utilities, time sampling and argument checks (docs/math.md,
+"Masks" and "Stratified pseudo-times")."""
 import pytest
 import torch
 

@@ -95,7 +95,7 @@ if _STATIC_REASON is None:  # triton present and recent enough
     from ..kernels.affine import affine_kernel
     from ..kernels.affine_sum import row_reduce_kernel, sum_partials_kernel
     from ..kernels.common import (elementwise_launch, needs_int64_index,
-                                  reduction_launch)
+                                  reduction_launch, sub_counters, tile_flags)
     from ..kernels.randn import randn_kernel
 
 
@@ -110,8 +110,11 @@ def randn(numel: int, seed: int, offset: int, dtype: torch.dtype,
         counters, warps = elementwise_launch(numel)
         with _on(device):
             wrap_triton(randn_kernel)[(triton.cdiv(n_counters, counters),)](
-                out, seed, offset, first, numel, COUNTERS=counters,
-                num_warps=warps)
+                out, seed, offset, first, numel,
+                ALIGNED=int(offset % 4 == 0 and numel % 4 == 0
+                            and out.element_size() <= 4),
+                INDEX_64=needs_int64_index(numel), COUNTERS=counters,
+                SUB=sub_counters(counters, warps), num_warps=warps)
     return out
 
 
@@ -130,17 +133,22 @@ def affine(x0, x1, x2, coeffs, coeffs2, mask, seed: int, offset: int,
     first = offset // 4
     n_counters = (offset + numel - 1) // 4 - first + 1
     counters, warps = elementwise_launch(numel)
+    per_row = numel // coeffs.shape[0]
+    itemsize = max(t.element_size() for t in (x0, x1, x2, out) if t is not None)
+    flags = tile_flags(counters, offset, per_row, mask_mode, mask_inner,
+                       itemsize=itemsize, tables=1 + (coeffs2 is not None))
     with _on(x0.device):
         wrap_triton(affine_kernel)[(triton.cdiv(n_counters, counters),)](
             x0, x1 if x1 is not None else x0, x2 if x2 is not None else x0,
             coeffs, coeffs2 if coeffs2 is not None else coeffs,
             mask if mask is not None else x0,
             out, out2 if coeffs2 is not None else out,
-            max(seed, 0), offset, first, numel, numel // coeffs.shape[0],
+            max(seed, 0), offset, first, numel, per_row,
             mask_inner, mask_period,
             N_INPUTS=n_inputs, HAS_NOISE=int(seed >= 0), HAS_BIAS=int(bias),
-            HAS_OUT2=int(coeffs2 is not None), MASK_MODE=mask_mode,
-            INDEX_64=needs_int64_index(numel), COUNTERS=counters, num_warps=warps)
+            HAS_OUT2=int(coeffs2 is not None), **flags,
+            INDEX_64=needs_int64_index(numel), COUNTERS=counters,
+            SUB=sub_counters(counters, warps), num_warps=warps)
     return out, out2
 
 
@@ -163,6 +171,10 @@ def _row_reduce(x0, x1, x2, weight, coeffs, mask, seed, offset, bias,
     partials = torch.empty(rows * blocks_per_row * n_out_cols,
                            dtype=coeffs.dtype, device=x0.device)
     mask_mode, mask_inner, mask_period = kernel_mask_layout(mask, x0.shape)
+    itemsize = max(t.element_size() for t in (x0, x1, x2, weight)
+                   if t is not None)
+    flags = tile_flags(counters, offset, per_row, mask_mode, mask_inner,
+                       row_pair=False, itemsize=itemsize)
     with _on(x0.device):
         wrap_triton(row_reduce_kernel)[(rows * blocks_per_row,)](
             x0, x1 if x1 is not None else x0, x2 if x2 is not None else x0,
@@ -171,9 +183,9 @@ def _row_reduce(x0, x1, x2, weight, coeffs, mask, seed, offset, bias,
             max(seed, 0), offset, per_row, blocks_per_row,
             mask_inner, mask_period,
             N_INPUTS=n_inputs, HAS_NOISE=int(seed >= 0), HAS_BIAS=int(bias),
-            MASK_MODE=mask_mode, RESULT=result, POWER=power,
-            WEIGHT=weight_kind, INDEX_64=needs_int64_index(numel),
-            COUNTERS=counters, num_warps=num_warps)
+            RESULT=result, POWER=power, WEIGHT=weight_kind, **flags,
+            INDEX_64=needs_int64_index(numel), COUNTERS=counters,
+            SUB=sub_counters(counters, num_warps), num_warps=num_warps)
     return _sum_partials(partials, rows, n_out_cols, blocks_per_row)
 
 
@@ -187,7 +199,8 @@ def _sum_partials(partials, rows, n_out_cols, blocks_per_row):
     block = min(1024, max(16, triton.next_power_of_2(blocks_per_row)))
     with _on(partials.device):
         wrap_triton(sum_partials_kernel)[(rows * n_out_cols,)](
-            partials, out, blocks_per_row, n_out_cols, BLOCK=block)
+            partials, out, blocks_per_row, n_out_cols, BLOCK=block,
+            ITERS=triton.cdiv(blocks_per_row, block))
     return out
 
 

@@ -5,7 +5,8 @@ denoising_network, pre_func, post_func, prior_sampler, param, gamma_min,
 gamma_max, pbar``) and methods ``sample(shape, mask=None, **conditioning)``,
 ``reconstruct(z, n_steps, mask=None, **conditioning)`` and the per-sample
 ``step(z, gamma_t, gamma_s, ...)``. Every step is one or two fused
-:func:`ddm_fast.ops.affine` calls (SPEC §6-7).
+:func:`ddm_fast.ops.affine` calls (docs/math.md, "Sampler steps" and
+"The coefficient algebra").
 """
 from .base import BaseSampler
 from .ddim import DDIMSampler, DDPMSampler

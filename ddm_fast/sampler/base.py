@@ -5,8 +5,9 @@ over the grid t_k = linspace(1, 0, timesteps + 1), gamma_k = scheduler(t_k),
 as ddm_dynamical does. Final step: grid step k goes gamma_k -> gamma_{k+1},
 except the last one, which goes onto sigma_tilde = 0 (gamma = +inf) instead
 of onto the finite gamma_max: every sampler returns the denoised estimate
-x_hat at gamma_{timesteps-1} there (SPEC §6; ddm_dynamical's Heun does the
-same, k-diffusion's grids end with sigma = 0). ``reconstruct(z, n_steps)``
+x_hat at gamma_{timesteps-1} there (docs/math.md, "The time grid";
+ddm_dynamical's Heun does the same, k-diffusion's grids end with
+sigma = 0). ``reconstruct(z, n_steps)``
 runs the last ``n_steps`` steps of that grid from z at gamma_{timesteps -
 n_steps}.
 
@@ -19,11 +20,11 @@ on the host, so a loop can be captured as a CUDA graph. Python-level
 decisions (the ``last`` flag, whether there is noise) come from the step
 index and the sampler's settings.
 
-Noise (SPEC §9): for a base seed S, the prior is stream ``noise_seed(S, 0)``
-and step i of a ``reconstruct`` call (i = 0 first) uses stream
-``noise_seed(S, i + 1)``, as :mod:`ddm_fast.sampling` does, both at offset
-``member_offset * numel_per_sample``: member m's noise is elements
-[m * n, (m + 1) * n) of each stream, whatever the batching.
+Noise (docs/math.md, "Seeds and streams"): for a base seed S, the prior is
+stream ``noise_seed(S, 0)`` and step i of a ``reconstruct`` call (i = 0
+first) uses stream ``noise_seed(S, i + 1)``, as :mod:`ddm_fast.sampling`
+does, both at offset ``member_offset * numel_per_sample``: member m's noise
+is elements [m * n, (m + 1) * n) of each stream, whatever the batching.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""DDIM(eta) and DDPM ancestral samplers on per-sample log-SNRs (SPEC §6)."""
+"""DDIM(eta) and DDPM ancestral samplers on per-sample log-SNRs (docs/math.md,
+"DDIM and DDPM")."""
 from __future__ import annotations
 
 from typing import Callable, Optional

@@ -1,8 +1,9 @@
 """Default pre-/post-processing and prior functions of the samplers.
 
 Same names and signatures as ddm_dynamical's; the prior sample is the
-counter-based noise of SPEC §9 instead of ``torch.randn``, so that an
-ensemble member's prior does not depend on how the ensemble is batched.
+counter-based noise (docs/math.md, "Counter-based noise") instead of
+``torch.randn``, so that an ensemble member's prior does not depend on how
+the ensemble is batched.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""DPM-Solver++(2M) (Lu et al. 2022) on per-sample log-SNRs (SPEC §6)."""
+"""DPM-Solver++(2M) (Lu et al. 2022) on per-sample log-SNRs (docs/math.md,
+"DPM-Solver++(2M)")."""
 from __future__ import annotations
 
 from typing import Callable, Optional

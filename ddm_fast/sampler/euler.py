@@ -10,8 +10,9 @@ __all__ = ["EulerSampler"]
 
 class EulerSampler(HeunSampler):
     """Euler steps of the probability-flow ODE in the exploding form,
-    x_e,s = x_e,t + (sigma_s - sigma_t)(x_e,t - x_hat)/sigma_t (SPEC §6), one
-    denoiser call per step; optional churn as in :class:`HeunSampler`."""
+    x_e,s = x_e,t + (sigma_s - sigma_t)(x_e,t - x_hat)/sigma_t
+    (docs/math.md, "Euler"), one denoiser call per step; optional churn as
+    in :class:`HeunSampler`."""
 
     def __init__(self, scheduler: Callable, timesteps: int = 20,
                  denoising_network: Optional[Callable] = None,

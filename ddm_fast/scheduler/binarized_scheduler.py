@@ -28,7 +28,8 @@ class BinarizedScheduler(NoiseScheduler):
     between the fixed ``gamma_limits``; bin k holds the value v_k (initially
     1). Its integral C(gamma) is piecewise linear through the knots
     (bin_limits[k], bin_integral[k]), and t -> gamma inverts C restricted to
-    [gamma_min, gamma_max] (t = 0 maps to gamma_max, SPEC §2). Each training
+    [gamma_min, gamma_max] (t = 0 maps to gamma_max; docs/math.md,
+    "The adaptive (binarized) schedule"). Each training
     step, :meth:`update` moves every bin towards the mean per-sample loss
     statistic of the samples that fell into it, so the density follows
     where the loss is large.
@@ -207,7 +208,8 @@ class BinarizedScheduler(NoiseScheduler):
     def update(self, gamma: torch.Tensor, target: torch.Tensor,
                process_group: Optional[object] = None) -> None:
         """EMA update of the bins from per-sample statistics ``target``
-        (>= 0) observed at ``gamma`` (same shape), SPEC §2.
+        (>= 0) observed at ``gamma`` (same shape); docs/math.md,
+        "The adaptive (binarized) schedule".
 
         Under data parallelism (torch.distributed initialised with more than
         one rank in ``process_group``, default the world) the per-bin counts

@@ -14,7 +14,7 @@ __all__ = ["CosineScheduler"]
 class CosineScheduler(NoiseScheduler):
     """gamma = -2 log tan(pi t~ / 2) + 2 shift, truncated to
     [gamma_min, gamma_max]; p(gamma) proportional to
-    1 / (2 pi cosh(gamma / 2 - shift)) (SPEC §2).
+    1 / (2 pi cosh(gamma / 2 - shift)) (docs/math.md, "Schedulers").
 
     T(gamma) = (2/pi) arctan(exp(-gamma/2 + shift)) and, since
     arctan(x) + arctan(1/x) = pi/2, 1 - T = (2/pi) arctan(exp(gamma/2 - shift)).

@@ -12,8 +12,8 @@ __all__ = ["EDMSamplingScheduler"]
 
 class EDMSamplingScheduler(NoiseScheduler):
     """sigma~(t~) = (sigma_max^{1/rho} + (1 - t~)(sigma_min^{1/rho} -
-    sigma_max^{1/rho}))^rho, gamma = -2 log sigma~ (SPEC §2), truncated to
-    [gamma_min, gamma_max].
+    sigma_max^{1/rho}))^rho, gamma = -2 log sigma~, truncated to
+    [gamma_min, gamma_max] (docs/math.md, "Schedulers").
 
     sigma~^{1/rho} is linear in t~ and the truncation is linear in t, so the
     truncated schedule is exactly the rho-schedule running from

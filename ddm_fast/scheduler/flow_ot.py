@@ -13,7 +13,8 @@ __all__ = ["FlowOTScheduler"]
 
 class FlowOTScheduler(NoiseScheduler):
     """gamma = 2 log((1 - t~) / t~), truncated to [gamma_min, gamma_max];
-    p(gamma) proportional to 1 / (8 cosh^2(gamma / 4)) (SPEC §2).
+    p(gamma) proportional to 1 / (8 cosh^2(gamma / 4)) (docs/math.md,
+    "Schedulers").
 
     T(gamma) = sigmoid(-gamma / 2) and 1 - T = sigmoid(gamma / 2); the
     inverse is 2 (log(1 - t~) - log t~) with both factors carried exactly,

@@ -10,7 +10,7 @@ __all__ = ["LinearScheduler"]
 
 class LinearScheduler(NoiseScheduler):
     """gamma(t) = gamma_max - t (gamma_max - gamma_min), uniform density
-    1 / (gamma_max - gamma_min) (SPEC §2).
+    1 / (gamma_max - gamma_min) (docs/math.md, "Schedulers").
 
     Already linear in t, so the truncation is the identity; forward,
     inverse and density are written out directly.

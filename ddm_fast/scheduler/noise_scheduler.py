@@ -2,7 +2,7 @@
 
 Every scheduler is defined by a monotonically decreasing *untruncated* map
 T: gamma -> t~ (its "time", usually in [0, 1]) and is truncated to
-[gamma_min, gamma_max] (SPEC §2):
+[gamma_min, gamma_max] (docs/math.md, "Truncation and renormalisation"):
 
     t~ = t0 + t * (t1 - t0),   t0 = T(gamma_max),  t1 = T(gamma_min),
     gamma(t) = T^{-1}(t~),     p(gamma) = |T'(gamma)| / (t1 - t0),
@@ -144,7 +144,8 @@ class NoiseScheduler(torch.nn.Module):
 
     def get_density(self, gamma: torch.Tensor) -> torch.Tensor:
         """p(gamma) = |dt/dgamma|, integrating to 1 over
-        [gamma_min, gamma_max] (SPEC §2)."""
+        [gamma_min, gamma_max] (docs/math.md,
+        "Truncation and renormalisation")."""
         gamma = self._check_input("gamma", gamma)
         _, _, span = self._truncation(gamma)
         return self._time_derivative(gamma) / span
