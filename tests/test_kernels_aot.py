@@ -241,29 +241,30 @@ def _patched(monkeypatch, counters, sub):
 
 
 _SHAPE = (2, 3, 8, 8)
-# (mask shape or None, rows, offset): per row 192 / 64 / 32 elements
-# (coefficient row pairs for tiles of 64, or rows per element), masks in
-# the data's layout, (O, 1, I) with I = 64 / 192 (mode 3 for tiles of 64)
-# and I = 8 or 1 (mode 2), aligned and unaligned offsets
+# (mask shape or None, rows, offset, (COUNTERS, SUB)): per row 192 / 64 /
+# 32 elements against tiles of 64 (coefficient row pairs, or rows per
+# element); masks in the data's layout (mode 1) and (O, 1, I) with
+# (I, P) = (64, 192), (192, 384): mode 3; (8, 192), (1, 64): mode 4; with
+# tiles of 128, (8, 64), (1, 64): mode 2; aligned and unaligned offsets;
+# 2 sub-tiles per program (one for the last case)
 _PATH_CASES = [
-    (None, 2, 0), (None, 6, 3),
-    ((1, 1, 8, 8), 6, 0), ((2, 1, 8, 8), 2, 5), ((1, 3, 8, 8), 6, 4),
-    ((1, 1, 1, 8), 6, 0), ((2, 3, 1, 1), 2, 7), ((2, 3, 8, 8), 12, 12),
-    ((1, 1, 1, 8), 12, 1),
+    (None, 2, 0, (16, 8)), (None, 6, 3, (16, 8)),
+    ((1, 1, 8, 8), 6, 0, (16, 8)), ((2, 1, 8, 8), 2, 5, (16, 8)),
+    ((1, 3, 8, 8), 6, 4, (16, 8)), ((1, 1, 1, 8), 6, 0, (16, 8)),
+    ((2, 3, 1, 1), 2, 7, (16, 8)), ((2, 3, 8, 8), 12, 12, (16, 8)),
+    ((1, 1, 1, 8), 12, 1, (16, 8)), ((2, 3, 1, 8), 6, 8, (32, 16)),
+    ((2, 3, 1, 1), 12, 2, (32, 16)), ((2, 1, 8, 8), 2, 5, (16, 16)),
 ]
 
 
 def _case_id(case):
-    mask, rows, offset = case
-    return f"{'x'.join(map(str, mask)) if mask else 'nomask'}-r{rows}-o{offset}"
+    mask, rows, offset, (counters, sub) = case
+    return (f"{'x'.join(map(str, mask)) if mask else 'nomask'}-r{rows}-o{offset}"
+            f"-c{counters}s{sub}")
 
 
-@pytest.mark.parametrize("case,tiles",
-                         [(c, (16, 8)) for c in _PATH_CASES]
-                         + [(_PATH_CASES[3], (16, 16))],
-                         ids=[_case_id(c) + "-loop2" for c in _PATH_CASES]
-                         + [_case_id(_PATH_CASES[3]) + "-loop1"])
-def test_tile_paths_match_reference(monkeypatch, case, tiles):
+@pytest.mark.parametrize("case", _PATH_CASES, ids=_case_id)
+def test_tile_paths_match_reference(monkeypatch, case):
     """affine (one and two outputs), affine_sum, affine_dots (a weight
     tensor, the combination) and randn with tiles of 64 elements, in 2
     sub-tiles or 1, so every path of the kernels runs: aligned or general,
@@ -272,7 +273,7 @@ def test_tile_paths_match_reference(monkeypatch, case, tiles):
     weights and powers on the default tiles.)"""
     if "triton" not in backends.available():
         pytest.skip("the triton backend is unavailable")
-    mask_shape, rows, offset = case
+    mask_shape, rows, offset, tiles = case
     gen = torch.Generator().manual_seed(rows * 31 + offset)
     xs = [torch.randn(_SHAPE, generator=gen) for _ in range(3)]
     mask = None

@@ -136,7 +136,8 @@ def affine(x0, x1, x2, coeffs, coeffs2, mask, seed: int, offset: int,
     per_row = numel // coeffs.shape[0]
     itemsize = max(t.element_size() for t in (x0, x1, x2, out) if t is not None)
     flags = tile_flags(counters, offset, per_row, mask_mode, mask_inner,
-                       itemsize=itemsize, tables=1 + (coeffs2 is not None))
+                       mask_period, itemsize=itemsize,
+                       tables=1 + (coeffs2 is not None))
     with _on(x0.device):
         wrap_triton(affine_kernel)[(triton.cdiv(n_counters, counters),)](
             x0, x1 if x1 is not None else x0, x2 if x2 is not None else x0,
@@ -174,7 +175,7 @@ def _row_reduce(x0, x1, x2, weight, coeffs, mask, seed, offset, bias,
     itemsize = max(t.element_size() for t in (x0, x1, x2, weight)
                    if t is not None)
     flags = tile_flags(counters, offset, per_row, mask_mode, mask_inner,
-                       row_pair=False, itemsize=itemsize)
+                       mask_period, row_pair=False, itemsize=itemsize)
     with _on(x0.device):
         wrap_triton(row_reduce_kernel)[(rows * blocks_per_row,)](
             x0, x1 if x1 is not None else x0, x2 if x2 is not None else x0,
