@@ -1,4 +1,4 @@
-"""The per-row affine step, element-wise (SPEC §7).
+"""The per-row affine step, element-wise (docs/math.md, "The kernels").
 
 out[i] = mask[i] * (sum_k c[r, k] x_k[i] + c[r, K] xi[offset + i] + c[r, K+1]),
 r = i // per_row, with an optional second output from a second coefficient

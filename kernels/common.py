@@ -1,21 +1,27 @@
-"""Pieces shared by the Triton kernels: the noise, the tile index, the mask
+"""Pieces shared by the Triton kernels: the noise, the tiles, the mask
 lookup, the coefficient rows, the affine combination and the launch
-configurations (pure functions of the shape).
+configurations (pure functions of the shape). kernels/README.md describes
+the design and its measurements.
 
 Tiling (every kernel): a program owns ``COUNTERS`` consecutive Philox
 counters, i.e. a ``[COUNTERS, 4]`` tile of elements. Element (c, j) of the
-tile is the global noise index g = 4 c + j (SPEC §9), the tensor index
+tile is the global noise index g = 4 c + j (docs/math.md, "Counter-based noise"), the tensor index
 i = g - offset, masked to the range the program owns. One Philox call per
-counter yields the four normals of its row of the tile.
+counter yields the four normals of its row of the tile. A program walks
+its tile in sub-tiles of ``SUB`` counters, one counter per thread and
+iteration.
 
 Two index forms (constexpr ``ALIGNED``, chosen by :func:`tile_flags`):
 
-- aligned (``offset % 4 == 0`` and rows of a multiple of 4 elements): a row
-  of the tile is 4 consecutive tensor elements starting at a multiple of 4,
-  the range mask is one bit per row, so every load and store is a 4-wide
-  vector (16 bytes for float32) and each thread owns whole rows: the four
-  normals of a Philox call stay in its registers (no layout exchange).
-- general: any offset; element-wise masks, scalar loads and stores.
+- aligned (``offset % 4 == 0``, rows and mask blocks of a multiple of 4
+  elements, elements of at most 4 bytes): a row of the tile is 4
+  consecutive tensor elements starting at a multiple of 4 and the range
+  mask is one bit per row, so every load and store is a 4-wide vector (16
+  bytes for float32) and each thread owns whole rows: the four normals of
+  a Philox call stay in its registers.
+- general: any offset; the tile is processed column by column (element j
+  of every counter), scalar loads and stores, still without exchanging
+  normals between threads.
 
 Masked (land) elements are never part of a result: loads are masked by the
 range (and, aligned, by "any valid element in the row", which keeps loads
@@ -172,7 +178,7 @@ def sincos(x):
 @triton.jit
 def normals(seed, counters):
     """The four normals (n0, n1, n2, n3) of each Philox counter (int64),
-    float32, shaped like ``counters``: ``tl.randn4x`` (SPEC §9) with the
+    float32, shaped like ``counters``: ``tl.randn4x`` (docs/math.md, "Counter-based noise") with the
     same words, uniforms, clamp, log and square root (bit for bit) and one
     shared argument reduction for the cosine and the sine of each pair."""
     w0, w1, w2, w3 = tl.randint4x(seed, counters)
@@ -201,18 +207,19 @@ def noise_tile(seed, counters, cols):
 # A program walks its COUNTERS counters in sub-tiles of SUB counters (one
 # counter, 4 elements, per thread and iteration): registers do not grow
 # with the tile, and what depends on the program only (the coefficient
-# rows, the mask divisions, the tile's base pointers) is computed once,
-# before the loop. Per element, indices are 32-bit offsets ``pos`` from the
-# tile's first index ``tile_start`` (|pos| < 4 COUNTERS) even for tensors
-# of 2**31 elements or more (INDEX_64: only per-program scalars and the
-# per-row divisions are 64-bit).
+# rows, the mask divisions) is computed once, before the loop. Positions
+# inside the tile are 32-bit offsets ``pos`` from the tile's first index
+# ``tile_start`` (|pos| < 4 COUNTERS), and so are mask and coefficient-row
+# offsets from per-program references, even for tensors of 2**31 elements
+# or more: INDEX_64 widens only the per-program scalars and the tensor
+# index tile_start + pos of the loads and stores.
 
 #: a bound above any offset inside a tile (clamps 64-bit distances to int32)
 _FAR = tl.constexpr(1 << 30)
 
 
 @triton.jit
-def program_frame(first, start, tile_start, end, COUNTERS: tl.constexpr):
+def program_frame(first, start, tile_start, end):
     """(first counter, shift = start - tile_start in [-3, 0], span =
     min(end - tile_start, far)) of a program whose first counter's element
     0 has index ``start``, its first valid index being ``tile_start``: an
@@ -241,8 +248,7 @@ def elementwise_frame(first_counter, offset, numel, COUNTERS: tl.constexpr,
         if not INDEX_64:
             start = start.to(tl.int32)
         tile_start = tl.maximum(start, 0)
-    first, shift, span = program_frame(first, start, tile_start, numel,
-                                       COUNTERS)
+    first, shift, span = program_frame(first, start, tile_start, numel)
     return first, tile_start, shift, span
 
 
