@@ -3,7 +3,8 @@
 - :mod:`.common`      the noise (Philox words of ``tl.randint4x``, four
                       normals per counter), the tiles, the mask lookup, the
                       affine combination, the launch configurations.
-- :mod:`.randn`       counter-based normal noise (docs/math.md, "Counter-based noise").
+- :mod:`.randn`       counter-based normal noise (docs/math.md,
+                      "Counter-based noise").
 - :mod:`.affine`      the element-wise affine step, optional second output.
 - :mod:`.affine_sum`  deterministic two-stage per-row reductions (the loss,
                       the masked mean, the coefficient gradients).

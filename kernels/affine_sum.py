@@ -126,7 +126,7 @@ def row_reduce_kernel(x0_ptr, x1_ptr, x2_ptr, c_ptr, w_ptr, mask_ptr,
             start = start.to(tl.int32)
         tile_start = tl.maximum(start, row_start)
     first, shift, span = program_frame(first, start, tile_start,
-                                       row_start + per_row, COUNTERS)
+                                       row_start + per_row)
     m_ref, s1, s2, s3 = mask_setup(tile_start, mask_inner, mask_period,
                                    MASK_MODE)
     # per-thread partial sums, one per counter row of the sub-tile

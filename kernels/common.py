@@ -5,8 +5,9 @@ the design and its measurements.
 
 Tiling (every kernel): a program owns ``COUNTERS`` consecutive Philox
 counters, i.e. a ``[COUNTERS, 4]`` tile of elements. Element (c, j) of the
-tile is the global noise index g = 4 c + j (docs/math.md, "Counter-based noise"), the tensor index
-i = g - offset, masked to the range the program owns. One Philox call per
+tile is the global noise index g = 4 c + j (docs/math.md, "Counter-based
+noise"), the tensor index i = g - offset, masked to the range the program
+owns. One Philox call per
 counter yields the four normals of its row of the tile. A program walks
 its tile in sub-tiles of ``SUB`` counters, one counter per thread and
 iteration.
@@ -178,9 +179,10 @@ def sincos(x):
 @triton.jit
 def normals(seed, counters):
     """The four normals (n0, n1, n2, n3) of each Philox counter (int64),
-    float32, shaped like ``counters``: ``tl.randn4x`` (docs/math.md, "Counter-based noise") with the
-    same words, uniforms, clamp, log and square root (bit for bit) and one
-    shared argument reduction for the cosine and the sine of each pair."""
+    float32, shaped like ``counters``: ``tl.randn4x`` (docs/math.md,
+    "Counter-based noise") with the same words, uniforms, clamp, log and
+    square root (bit for bit) and one shared argument reduction for the
+    cosine and the sine of each pair."""
     w0, w1, w2, w3 = tl.randint4x(seed, counters)
     u0 = tl.maximum(1.0e-7, uint_to_uniform_float(w0))
     u1 = uint_to_uniform_float(w1)
@@ -399,9 +401,10 @@ def land_keep(mask_ptr, m, cols, in_range, MASK_MODE: tl.constexpr,
     """Valid elements and a load mask, from the mask index ``m``. Aligned:
     ``m`` is per row of a [SUB, 4] tile, a multiple of 4 (I % 4 == 0; the
     caller says so with tl.multiple_of where it computes m: a hint on a
-    function argument is lost), so the 4 mask bytes of a row are one load; the load mask is "in range and some element of the row
-    valid" ([SUB, 1]), so data loads stay 4-wide and rows of land only are
-    not read. General (one column, ``cols`` unused): the load mask is
+    function argument is lost), so the 4 mask bytes of a row are one load;
+    the load mask is "in range and some element of the row valid"
+    ([SUB, 1]), so data loads stay 4-wide and rows of land only are not
+    read. General (one column, ``cols`` unused): the load mask is
     ``keep`` itself."""
     if MASK_MODE == 0:
         if ALIGNED:

@@ -1,4 +1,5 @@
-"""Counter-based normal noise (docs/math.md, "Counter-based noise"): element i = noise[offset + i]."""
+"""Counter-based normal noise (docs/math.md, "Counter-based noise"):
+element i = noise[offset + i]."""
 from __future__ import annotations
 
 import triton

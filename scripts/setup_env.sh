@@ -16,5 +16,5 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 else
   "$VPY" -m pip install -q "torch==2.13.0"
 fi
-"$VPY" -m pip install -q "setuptools>=64" wheel "pybind11>=2.10" numpy scipy tqdm matplotlib pytest pytest-benchmark "triton>=3.5"
+"$VPY" -m pip install -q "setuptools>=64" wheel "pybind11>=2.10" numpy scipy tqdm matplotlib pytest pytest-benchmark "triton==3.6.0"
 "$VPY" -m pip install -q --no-build-isolation --no-deps -e .

@@ -11,7 +11,6 @@ under it ``triton.jit`` returns interpreter functions that cannot compile.
 """
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -57,11 +56,36 @@ def test_variant_space_matches_kernels_and_launchers():
         for v in (v for v in variants if v.kernel == kernel):
             given = {n for n, _ in v.signature} | {n for n, _ in v.constexprs}
             assert given == names, (kernel, names ^ given)
-    factors = aot._factors()
-    for kernel, fs in factors.items():
-        built = [v for v in variants if v.kernel == kernel]
-        assert built, kernel
+    def values(kernel, name):
+        return {dict(v.constexprs).get(name) for v in variants
+                if v.kernel == kernel}
+
+    for kernel in ("affine", "row_reduce"):
+        assert values(kernel, "MASK_MODE") == {0, 1, 2, 3, 4}
+        assert values(kernel, "N_INPUTS") == {1, 2, 3}
+        assert values(kernel, "HAS_NOISE") == {0, 1}
+        assert values(kernel, "HAS_BIAS") == {0, 1}
+    for kernel in ("randn", "affine", "row_reduce"):
+        assert values(kernel, "ALIGNED") == {0, 1}
+        assert values(kernel, "INDEX_64") == {0, 1}
+    assert values("affine", "ROW_PAIR") == {0, 1, 2}
+    assert values("affine", "HAS_OUT2") == {0, 1}
+    assert {(dict(v.constexprs)["RESULT"], dict(v.constexprs)["POWER"],
+             dict(v.constexprs)["WEIGHT"]) for v in variants
+            if v.kernel == "row_reduce"} == {(0, 1, 0), (0, 2, 0), (1, 1, 0),
+                                             (1, 1, 1), (1, 1, 2)}
     elementwise, reduction = aot._launch_configs()
+    for kernel, launches in (("randn", elementwise), ("affine", elementwise),
+                             ("row_reduce", reduction)):
+        built = {(dict(v.constexprs)["COUNTERS"], v.num_warps) for v in variants
+                 if v.kernel == kernel}
+        # every launch, except single-iteration reductions between the
+        # smallest and the biggest (the same code with another tile size)
+        needed = {(c, w) for c, w, sub in launches
+                  if kernel != "row_reduce" or sub != c
+                  or (c, w, sub) in (launches[0], launches[-1])
+                  or c == max(c2 for c2, _, s2 in launches if s2 == c2)}
+        assert needed <= built <= {(c, w) for c, w, _ in launches}, kernel
     saved = common.INTERPRETING
     common.INTERPRETING = False
     try:
