@@ -16,6 +16,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .layout import kernel_mask_layout
+
 __all__ = ["why_unavailable", "randn", "affine", "affine_sum", "affine_dots",
            "extension_info"]
 
@@ -101,7 +103,6 @@ def _ptr(name: str, t: Optional[torch.Tensor], device: torch.device,
 
 def _problem(x0, x1, x2, coeffs, mask):
     """The arguments shared by every affine-family call, checked."""
-    from .layout import kernel_mask_layout
     device = x0.device
     xs = (x0, x1, x2)
     n_inputs = 1 + (x1 is not None) + (x2 is not None)
