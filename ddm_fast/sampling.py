@@ -41,7 +41,7 @@ from . import ops
 from ._validation import (check_float_tensor, check_mask, check_positive_int,
                           check_seed)
 from .ops import coefficient_dtype
-from .utils import draw_seed
+from .seeds import derive_seed, draw_seed
 
 __all__ = [
     "noise_seed", "draw_seed",
@@ -55,30 +55,14 @@ __all__ = [
 MAX_CHURN = math.sqrt(2.) - 1.  # Karras et al. (2022), Alg. 2: gamma_i cap
 
 # ------------------------------------------------------------------ seeds
-_MASK64 = (1 << 64) - 1
-_GOLDEN64 = 0x9E3779B97F4A7C15
-
-
-def _splitmix64(value: int) -> int:
-    value = (value + _GOLDEN64) & _MASK64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return value ^ (value >> 31)
-
-
 def noise_seed(seed: int, stream: int) -> int:
-    """Seed of noise stream ``stream`` derived from a base ``seed``.
-
-    ``splitmix64(splitmix64(seed) + stream * 0x9E3779B97F4A7C15) >> 1``
-    (mod 2**64), a Python integer in [0, 2**63). The samplers use stream 0
-    for the prior sample and stream k + 1 for the noise of step k.
+    """Seed of noise stream ``stream`` derived from a base ``seed``:
+    ``derive_seed(seed, stream)`` (:mod:`ddm_fast.seeds`). The samplers use
+    stream 0 for the prior sample and stream k + 1 for the noise of step k.
     """
-    check_seed("seed", seed)
     if isinstance(stream, bool) or not isinstance(stream, int) or stream < 0:
         raise ValueError(f"stream must be a non-negative int, got {stream!r}")
-    mixed = (_splitmix64(seed) + stream * _GOLDEN64) & _MASK64
-    return _splitmix64(mixed) >> 1
-
+    return derive_seed(seed, stream)
 
 
 # ------------------------------------------------- k-diffusion utilities

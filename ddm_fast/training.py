@@ -53,7 +53,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ._validation import check_positive_int, check_seed
 from .loss import DiffusionLoss
-from .utils import draw_seed
+from .seeds import (TAG_LOADER, TAG_PERMUTATION, TAG_TRANSFORM,
+                    TAG_VALIDATION, derive_seed, draw_seed)
 from .ops import MASKED_MEAN_EPS
 from .utils import mask_count, sample_time
 
@@ -64,18 +65,6 @@ Batch = Dict[str, torch.Tensor]
 DataSource = Union[Mapping[str, torch.Tensor], Dataset]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-_TAG_PERMUTATION, _TAG_TRANSFORM, _TAG_VALIDATION, _TAG_LOADER = 1, 2, 3, 4
-
-
-def _mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (splitmix64-style), so that streams for
-    different (seed, epoch, step, ...) never share a generator state."""
-    state = 0x243F6A8885A308D3
-    for part in parts:
-        state = (state ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0x9E3779B97F4A7C15
-        state &= 0xFFFFFFFFFFFFFFFF
-        state ^= state >> 31
-    return state & 0x7FFFFFFFFFFFFFFF
 
 
 # ------------------------------------------------------------ checkpoint IO
@@ -213,7 +202,7 @@ class _StepBatchSampler(Sampler):
 
     def permutation(self, epoch: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(
-            _mix_seed(self.seed, _TAG_PERMUTATION, epoch))
+            derive_seed(self.seed, TAG_PERMUTATION, epoch))
         return torch.randperm(self.n_items, generator=gen)
 
     def __len__(self) -> int:
@@ -507,7 +496,7 @@ class Trainer:
         # The loader draws its workers' base seed from ``generator``: from
         # torch's global RNG it would shift dropout & co. after a resume.
         loader_gen = torch.Generator().manual_seed(
-            _mix_seed(self.seed, _TAG_LOADER, self.step))
+            derive_seed(self.seed, TAG_LOADER, self.step))
         return DataLoader(self.train_dataset, batch_sampler=sampler,
                           collate_fn=_identity_collate,
                           num_workers=self.num_workers,
@@ -517,7 +506,7 @@ class Trainer:
     def _train_step(self, batch: Batch) -> Dict[str, Any]:
         if self.batch_transform is not None:
             transform_gen = torch.Generator().manual_seed(
-                _mix_seed(self.seed, _TAG_TRANSFORM, self.step, self.rank))
+                derive_seed(self.seed, TAG_TRANSFORM, self.step, self.rank))
             batch = self.batch_transform(batch, transform_gen)
         batch = self._to_device(batch)
         data = batch["data"]
@@ -579,7 +568,7 @@ class Trainer:
         was_training = network.training
         network.eval()
         generator = torch.Generator().manual_seed(
-            _mix_seed(self.seed, _TAG_VALIDATION))
+            derive_seed(self.seed, TAG_VALIDATION))
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         n_items = len(self.val_dataset)
         local = -(-self.val_batch_size // self.world_size)

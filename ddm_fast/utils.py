@@ -9,6 +9,8 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .seeds import draw_seed  # noqa: F401  (re-exported: the one seed owner)
+
 from ._masks import mask_count, masked_average_torch, reduce_dims as _reduce_dims  # noqa: F401
 from ._math import alpha_sigma, sigma_tilde
 from ._validation import check_mask, check_seed, check_tensor
@@ -81,14 +83,3 @@ def masked_average(
     check_tensor("in_tensor", in_tensor)
     mask = check_mask(mask, in_tensor, like_name="in_tensor")
     return masked_average_torch(in_tensor, mask, dim, eps)
-
-
-def draw_seed(seed: Optional[int] = None,
-              generator: Optional[torch.Generator] = None) -> int:
-    """``seed`` itself when given (checked), else a fresh noise seed drawn
-    from ``generator`` or torch's global CPU generator: a CPU draw, so no
-    device synchronisation, and reproducible under ``torch.manual_seed``."""
-    if seed is not None:
-        return check_seed("seed", seed)
-    return int(torch.randint(0, 2 ** 62, (1,), generator=generator,
-                             dtype=torch.int64)[0])

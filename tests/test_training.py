@@ -74,7 +74,9 @@ def test_tiny_run_loss_falls(tmp_path):
     train = [r["loss"] for r in rows if r["split"] == "train"]
     val = [r["val_loss"] for r in rows if r["split"] == "val"]
     assert len(train) == 20 and len(val) == 2
-    first, last = sum(train[:3]) / 3, sum(train[-3:]) / 3
+    # the loss plateaus after ~80 steps; compare the first logged window
+    # (step 10, nearly untrained) with the plateau's mean
+    first, last = train[0], sum(train[-5:]) / 5
     assert last < 0.75 * first, (first, last)
     assert val[-1] < val[0]
     assert all(r["samples_per_s"] > 0 for r in rows if r["split"] == "train")
