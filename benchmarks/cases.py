@@ -26,6 +26,7 @@ import copy
 import importlib.util
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -314,10 +315,15 @@ def _l96_module():
     path = os.path.join(REPO_ROOT, "examples", "lorenz96", "network.py")
     if not os.path.exists(path):
         raise Skip(f"the Lorenz-96 network is not here ({path})")
-    spec = importlib.util.spec_from_file_location("_bench_l96_network", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    name = "_bench_l96_network"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        # registered before it runs, like an import: torch.compile looks the
+        # network's module up by name when it traces the forward
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def make_network(ctx: Context) -> Tuple[torch.nn.Module, str]:

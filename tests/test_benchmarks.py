@@ -253,3 +253,13 @@ def test_readme_takes_the_newest_gpu_and_cpu_results(tmp_path):
     assert [os.path.basename(p) for p in newest_results(str(tmp_path))] == \
         ["cuda.json", "cpu-new.json"]
     assert newest_results(str(tmp_path / "missing")) == []
+
+
+def test_lorenz96_network_module_is_importable_by_name():
+    """torch.compile of the training and Heun step cases looks the network's
+    module up by name; loaded from a file path it must be registered."""
+    import importlib
+    from benchmarks import cases
+    module = cases._l96_module()
+    assert importlib.import_module(module.__name__) is module
+    assert cases._l96_module() is module
