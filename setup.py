@@ -445,6 +445,10 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.5"],
-        "test": ["pytest", "pytest-benchmark", "scipy", "triton>=3.5"],
+        "lightning": ["lightning>=2.2"],
+        "ensemble": ["xarray>=2024.1", "netCDF4", "zarr>=2.16"],
+        "bench": ["diffusers", "k-diffusion"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "triton>=3.5",
+                 "lightning>=2.2", "xarray>=2024.1", "netCDF4", "zarr>=2.16"],
     },
 )

@@ -17,4 +17,7 @@ else
   "$VPY" -m pip install -q "torch==2.13.0"
 fi
 "$VPY" -m pip install -q "setuptools>=64" wheel "pybind11>=2.10" numpy scipy tqdm matplotlib pytest pytest-benchmark "triton==3.6.0"
+# optional extras the test suite exercises: Lightning callbacks (drop-in
+# compatibility with the toolbox's users), ensembles written as xarray data
+"$VPY" -m pip install -q "lightning>=2.2" "xarray>=2024.1" netCDF4 "zarr>=2.16"
 "$VPY" -m pip install -q --no-build-isolation --no-deps -e .
