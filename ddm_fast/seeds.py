@@ -74,3 +74,40 @@ def draw_seed(seed: Optional[int] = None,
         return check_seed("seed", seed)
     return int(torch.randint(0, 2 ** 62, (1,), generator=generator,
                              dtype=torch.int64)[0])
+
+
+# ------------------------------------------------- the seed on the device
+# The kernels take the seed of their noise either by value (a Python int,
+# baked into the launch) or as a *seed word*: a one-element int64 tensor on
+# the data's device that the kernel reads when it runs. A CUDA graph captured
+# with a seed word replays with whatever seed the word holds then, so one
+# capture serves every seed (the word is updated in place between replays,
+# the way flash-attention and TransformerEngine keep their Philox state on
+# the device). The same seed gives the same noise either way.
+
+def seed_word(seed: int, device=None) -> torch.Tensor:
+    """A seed word holding ``seed`` on ``device``."""
+    check_seed("seed", seed)
+    return torch.tensor([seed], dtype=torch.int64, device=device)
+
+
+def kernel_seed(seed, device: torch.device):
+    """(value, word) for a primitive's ``seed`` argument: an int (−1: no
+    noise) gives (seed, None); a seed word gives (−1, word) after checking
+    it is a one-element contiguous int64 tensor on ``device``."""
+    if isinstance(seed, torch.Tensor):
+        if (seed.dtype != torch.int64 or seed.numel() != 1
+                or not seed.is_contiguous()):
+            raise ValueError(
+                f"a seed word must be a contiguous one-element int64 tensor, "
+                f"got {seed.dtype} of shape {tuple(seed.shape)}")
+        if seed.device != torch.device(device):
+            raise ValueError(f"the seed word is on {seed.device}, the data "
+                             f"on {device}")
+        return -1, seed
+    return seed, None
+
+
+def has_noise(seed) -> bool:
+    """Whether a primitive's ``seed`` argument asks for a noise column."""
+    return isinstance(seed, torch.Tensor) or seed >= 0

@@ -19,8 +19,9 @@ import triton.language as tl
 
 from .common import (aligned_tile, coeff_row_state, combine_rows,
                      elementwise_frame, general_column, general_rows,
-                     land_keep, load_inputs, mask_offset, mask_row_state,
-                     mask_setup, noise_tile, normals, pick, row_coeffs)
+                     land_keep, launch_seed, load_inputs, mask_offset,
+                     mask_row_state, mask_setup, noise_tile, normals, pick,
+                     row_coeffs)
 
 
 @triton.jit
@@ -68,7 +69,9 @@ def affine_kernel(x0_ptr, x1_ptr, x2_ptr, c_ptr, c2_ptr, mask_ptr,
                   HAS_BIAS: tl.constexpr, HAS_OUT2: tl.constexpr,
                   MASK_MODE: tl.constexpr, ALIGNED: tl.constexpr,
                   ROW_PAIR: tl.constexpr, INDEX_64: tl.constexpr,
-                  COUNTERS: tl.constexpr, SUB: tl.constexpr):
+                  COUNTERS: tl.constexpr, SUB: tl.constexpr,
+                  SEED_IN_MEMORY: tl.constexpr):
+    seed = launch_seed(seed, SEED_IN_MEMORY)
     NCOLS: tl.constexpr = N_INPUTS + HAS_NOISE + HAS_BIAS
     first, tile_start, shift, span = elementwise_frame(
         first_counter, offset, numel, COUNTERS, ALIGNED, INDEX_64)

@@ -27,9 +27,9 @@ import triton
 import triton.language as tl
 
 from .common import (aligned_tile, combine, general_column, general_rows,
-                     land_keep, load_inputs, load_masked, mask_offset,
-                     mask_row_state, mask_setup, noise_tile, normals, pick,
-                     program_frame, row_coeffs)
+                     land_keep, launch_seed, load_inputs, load_masked,
+                     mask_offset, mask_row_state, mask_setup, noise_tile,
+                     normals, pick, program_frame, row_coeffs)
 
 
 @triton.jit
@@ -100,7 +100,8 @@ def row_reduce_kernel(x0_ptr, x1_ptr, x2_ptr, c_ptr, w_ptr, mask_ptr,
                       RESULT: tl.constexpr, POWER: tl.constexpr,
                       WEIGHT: tl.constexpr, ALIGNED: tl.constexpr,
                       INDEX_64: tl.constexpr, COUNTERS: tl.constexpr,
-                      SUB: tl.constexpr):
+                      SUB: tl.constexpr, SEED_IN_MEMORY: tl.constexpr):
+    seed = launch_seed(seed, SEED_IN_MEMORY)
     NCOLS: tl.constexpr = N_INPUTS + HAS_NOISE + HAS_BIAS
     MATH: tl.constexpr = c_ptr.dtype.element_ty
     pid = tl.program_id(0)

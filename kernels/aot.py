@@ -178,18 +178,18 @@ def _factors():
     return {
         "randn": dict(
             out=["fp32", "bf16", "fp16", "fp64"],
-            launch=ew, aligned=[1, 0], numel16=[1, 0], seed=["i32", "i64"],
+            launch=ew, aligned=[1, 0], numel16=[1, 0], seed=["i32", "i64", "word"],
             offset=["i32", "i64"]),
         "affine": dict(
             dtype=list(DTYPES), inputs=[1, 2, 3], noise=[1, 0], bias=[0, 1],
             out2=[0, 1], mask=["none", "full", "b2", "b2i1", "b3", "b4", "b4i1"],
             launch=ew, aligned=[1, 0], row_pair=[1, 0], ints16=[1, 0],
-            seed=["i32", "i64"], ptr16=[1, 0]),
+            seed=["i32", "i64", "word"], ptr16=[1, 0]),
         "row_reduce": dict(
             dtype=list(DTYPES), inputs=[1, 2, 3], noise=[1, 0], bias=[0, 1],
             kind=["sum1", "sum2", "dots1", "dotsw", "dotsv"],
             mask=["none", "full", "b2", "b2i1", "b3", "b4", "b4i1"],
-            launch=red, aligned=[1, 0], ints16=[1, 0], seed=["i32", "i64"],
+            launch=red, aligned=[1, 0], ints16=[1, 0], seed=["i32", "i64", "word"],
             wdtype=["fp32", "bf16", "fp64"]),
         "sum_partials": dict(
             dtype=["fp32", "fp64"], block=[16, 64, 256, 1024], iters=[1, 2],
@@ -220,6 +220,8 @@ def _repair(kernel, a):
             a["aligned"] = 0          # inner % 4 != 0
         if kernel == "affine" and a["inputs"] == 1 and a["dtype"].startswith("mix"):
             a["dtype"] = "fp32" if a["dtype"] == "mix32" else "fp64"
+    if kernel in ("affine", "row_reduce") and not a["noise"] and a["seed"] == "word":
+        a["seed"] = "i64"             # a seed word only where there is noise
     if kernel == "sum_partials" and a["block"] < 1024:
         a["iters"] = 1                # several iterations only with BLOCK 1024
     return a
@@ -227,6 +229,14 @@ def _repair(kernel, a):
 
 def _ptr(dtype, aligned=True):
     return ("*" + dtype, "ptr16" if aligned else "ptr")
+
+
+def _seed(a):
+    """The seed argument: an int, or the seed word (a pointer to int64 the
+    kernel loads, SEED_IN_MEMORY=1: CUDA-graph replays with fresh seeds)."""
+    if a["seed"] == "word":
+        return ("seed",) + _ptr("i64")
+    return ("seed", a["seed"], None)
 
 
 def _int(value_class, i64=False):
@@ -262,12 +272,12 @@ def _build(kernel, a) -> Variant:
     if kernel == "randn":
         c, w, sub, i64 = a["launch"]
         args = [("out_ptr",) + _ptr(a["out"]),
-                ("seed", a["seed"], None), ("offset", a["offset"], None),
+                _seed(a), ("offset", a["offset"], None),
                 ("first_counter", a["offset"], None),
                 ("numel",) + _int(16 if a["numel16"] else None, i64)]
         return make_variant("randn", args,
                             dict(ALIGNED=a["aligned"], INDEX_64=i64, COUNTERS=c,
-                                 SUB=sub),
+                                 SUB=sub, SEED_IN_MEMORY=int(a["seed"] == "word")),
                             w, elems=4 * c / (32 * w),
                             elems_iter=4 * sub / (32 * w), tag=a["out"])
     if kernel == "affine":
@@ -291,7 +301,7 @@ def _build(kernel, a) -> Variant:
                 ("c_ptr",) + _ptr(math_t), ("c2_ptr",) + _ptr(math_t),
                 ("mask_ptr",) + (_ptr("u8") if mode else _ptr(xs[0], a["ptr16"])),
                 ("out_ptr",) + _ptr(x0), ("out2_ptr",) + _ptr(x0),
-                ("seed", a["seed"], None), ("offset", "i64" if i64 else "i32", None),
+                _seed(a), ("offset", "i64" if i64 else "i32", None),
                 ("first_counter", "i64" if i64 else "i32", None),
                 ("numel",) + _int(d, i64),
                 # per_row is 64-bit only for rows of 2**31 elements or more
@@ -299,7 +309,7 @@ def _build(kernel, a) -> Variant:
                 ("mask_inner",) + _int(inner), ("mask_period",) + _int(period)]
         ces = dict(N_INPUTS=k, HAS_NOISE=a["noise"], HAS_BIAS=a["bias"],
                    HAS_OUT2=a["out2"], INDEX_64=i64, COUNTERS=c, SUB=sub,
-                   **flags)
+                   SEED_IN_MEMORY=int(a["seed"] == "word"), **flags)
         tag = ",".join(xs[:k]) + (f">{math_t}" if math_t != xs[0] else "")
         return make_variant("affine", args, ces, w, elems=4 * c / (32 * w),
                             elems_iter=4 * sub / (32 * w), tag=tag)
@@ -325,12 +335,13 @@ def _build(kernel, a) -> Variant:
                 ("w_ptr",) + _ptr(w_t),
                 ("mask_ptr",) + (_ptr("u8") if mode else _ptr(xs[0])),
                 ("partial_ptr",) + _ptr(math_t),
-                ("seed", a["seed"], None), ("offset", "i64" if i64 else "i32", None),
+                _seed(a), ("offset", "i64" if i64 else "i32", None),
                 ("per_row",) + _int(d, i64), ("blocks_per_row",) + _int(None),
                 ("mask_inner",) + _int(inner), ("mask_period",) + _int(period)]
         ces = dict(N_INPUTS=k, HAS_NOISE=a["noise"], HAS_BIAS=a["bias"],
                    RESULT=result, POWER=power, WEIGHT=weight, INDEX_64=i64,
-                   COUNTERS=c, SUB=sub, **flags)
+                   COUNTERS=c, SUB=sub, SEED_IN_MEMORY=int(a["seed"] == "word"),
+                   **flags)
         tag = ",".join(xs[:k]) + (f">{math_t}" if math_t != xs[0] else "") \
             + (f" w:{w_t}" if weight == 1 else "")
         return make_variant("row_reduce", args, ces, w,

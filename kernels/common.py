@@ -177,6 +177,17 @@ def sincos(x):
 
 
 @triton.jit
+def launch_seed(seed, SEED_IN_MEMORY: tl.constexpr):
+    """The seed of the launch: loaded from the seed word when the launcher
+    passed one (a replayed CUDA graph then sees the word's current value,
+    ddm_fast/seeds.py), else the by-value argument itself."""
+    if SEED_IN_MEMORY:
+        return tl.load(seed)
+    else:
+        return seed
+
+
+@triton.jit
 def normals(seed, counters):
     """The four normals (n0, n1, n2, n3) of each Philox counter (int64),
     float32, shaped like ``counters``: ``tl.randn4x`` (docs/math.md,

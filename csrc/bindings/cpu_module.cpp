@@ -69,8 +69,8 @@ void check_offset(int64_t offset) {
 AffineProblem problem_arg(const std::vector<int64_t>& x_ptrs, const std::vector<int64_t>& x_dtypes,
                           int64_t n_inputs, int64_t coeffs_ptr, int64_t math_dtype,
                           int64_t mask_ptr, int64_t mask_inner, int64_t mask_period,
-                          int64_t seed, int64_t offset, bool bias, int64_t numel,
-                          int64_t rows) {
+                          int64_t seed, int64_t seed_ptr, int64_t offset, bool bias,
+                          int64_t numel, int64_t rows) {
   AffineProblem p;
   if (x_ptrs.size() != 3) {
     fail("x_ptrs must hold 3 pointers (0 for unused inputs), got " +
@@ -112,32 +112,36 @@ AffineProblem problem_arg(const std::vector<int64_t>& x_ptrs, const std::vector<
     p.mask.inner = mask_inner;
     p.mask.period = mask_period;
   }
-  p.has_noise = seed >= 0;
-  p.seed = p.has_noise ? static_cast<uint64_t>(seed) : 0;
+  p.has_noise = seed >= 0 || seed_ptr != 0;
+  p.seed = seed >= 0 ? static_cast<uint64_t>(seed) : 0;
+  p.seed_ptr = reinterpret_cast<const uint64_t*>(seed_ptr);
   p.offset = offset;
   p.has_bias = bias;
   return p;
 }
 
 // ------------------------------------------------------------ functions
-void randn(int64_t out_ptr, int64_t out_dtype, int64_t numel, int64_t seed, int64_t offset,
-           int64_t threads) {
+void randn(int64_t out_ptr, int64_t out_dtype, int64_t numel, int64_t seed, int64_t seed_ptr,
+           int64_t offset, int64_t threads) {
   if (numel < 0) fail("numel must be >= 0, got " + std::to_string(numel));
-  if (seed < 0) fail("seed must be in [0, 2**63), got " + std::to_string(seed));
+  if (seed < 0 && seed_ptr == 0) {
+    fail("seed must be in [0, 2**63) (or seed_ptr given), got " + std::to_string(seed));
+  }
   check_offset(offset);
   const DType dt = dtype_arg("out_dtype", out_dtype);
   void* out = out_arg("out_ptr", out_ptr, numel > 0);
   const int team = threads_arg(threads);
-  ddm_fast::cpu::randn(out, dt, numel, static_cast<uint64_t>(seed), offset, team);
+  ddm_fast::cpu::randn(out, dt, numel, seed >= 0 ? static_cast<uint64_t>(seed) : 0,
+                       reinterpret_cast<const uint64_t*>(seed_ptr), offset, team);
 }
 
 void affine(const std::vector<int64_t>& x_ptrs, const std::vector<int64_t>& x_dtypes,
             int64_t n_inputs, int64_t coeffs_ptr, int64_t coeffs2_ptr, int64_t math_dtype,
             int64_t mask_ptr, int64_t mask_inner, int64_t mask_period, int64_t seed,
-            int64_t offset, bool bias, int64_t numel, int64_t rows, int64_t out_ptr,
+            int64_t seed_ptr, int64_t offset, bool bias, int64_t numel, int64_t rows, int64_t out_ptr,
             int64_t out2_ptr, int64_t out_dtype, int64_t threads) {
   const AffineProblem p = problem_arg(x_ptrs, x_dtypes, n_inputs, coeffs_ptr, math_dtype,
-                                      mask_ptr, mask_inner, mask_period, seed, offset, bias,
+                                      mask_ptr, mask_inner, mask_period, seed, seed_ptr, offset, bias,
                                       numel, rows);
   const void* coeffs2 = ptr_arg("coeffs2_ptr", coeffs2_ptr, false);
   const DType dt = dtype_arg("out_dtype", out_dtype);
@@ -149,10 +153,10 @@ void affine(const std::vector<int64_t>& x_ptrs, const std::vector<int64_t>& x_dt
 
 void affine_sum(const std::vector<int64_t>& x_ptrs, const std::vector<int64_t>& x_dtypes,
                 int64_t n_inputs, int64_t coeffs_ptr, int64_t math_dtype, int64_t mask_ptr,
-                int64_t mask_inner, int64_t mask_period, int64_t seed, int64_t offset, bool bias,
-                int64_t numel, int64_t rows, int64_t power, int64_t out_ptr, int64_t threads) {
+                int64_t mask_inner, int64_t mask_period, int64_t seed, int64_t seed_ptr,
+                int64_t offset, bool bias, int64_t numel, int64_t rows, int64_t power, int64_t out_ptr, int64_t threads) {
   const AffineProblem p = problem_arg(x_ptrs, x_dtypes, n_inputs, coeffs_ptr, math_dtype,
-                                      mask_ptr, mask_inner, mask_period, seed, offset, bias,
+                                      mask_ptr, mask_inner, mask_period, seed, seed_ptr, offset, bias,
                                       numel, rows);
   if (power != 1 && power != 2) fail("power must be 1 or 2, got " + std::to_string(power));
   void* out = out_arg("out_ptr", out_ptr, true);
@@ -163,10 +167,10 @@ void affine_sum(const std::vector<int64_t>& x_ptrs, const std::vector<int64_t>& 
 void affine_dots(const std::vector<int64_t>& x_ptrs, const std::vector<int64_t>& x_dtypes,
                  int64_t n_inputs, int64_t weight_ptr, int64_t weight_dtype, int64_t weight_kind,
                  int64_t coeffs_ptr, int64_t math_dtype, int64_t mask_ptr, int64_t mask_inner,
-                 int64_t mask_period, int64_t seed, int64_t offset, bool bias, int64_t numel,
-                 int64_t rows, int64_t out_ptr, int64_t threads) {
+                 int64_t mask_period, int64_t seed, int64_t seed_ptr, int64_t offset, bool bias,
+                 int64_t numel, int64_t rows, int64_t out_ptr, int64_t threads) {
   const AffineProblem p = problem_arg(x_ptrs, x_dtypes, n_inputs, coeffs_ptr, math_dtype,
-                                      mask_ptr, mask_inner, mask_period, seed, offset, bias,
+                                      mask_ptr, mask_inner, mask_period, seed, seed_ptr, offset, bias,
                                       numel, rows);
   if (weight_kind < ddm_fast::kWeightOne || weight_kind > ddm_fast::kWeightCombination) {
     fail("weight_kind must be 0 (one), 1 (tensor) or 2 (combination), got " +
@@ -229,7 +233,8 @@ PYBIND11_MODULE(_C, m) {
       "affine_dots (semantics: csrc/include/ddm_fast/kernels.h; caller: "
       "ddm_fast/backends/extension.py). Pointers are Python ints (0 for none), "
       "dtypes codes 0 float32, 1 float64, 2 bfloat16, 3 float16; seed -1 means "
-      "no noise column.";
+      "no noise column unless seed_ptr != 0 (the seed then read from that "
+      "uint64 word when the call runs).";
   m.attr("API_VERSION") = ddm_fast::kApiVersion;
   using release = py::call_guard<py::gil_scoped_release>;
 
@@ -241,12 +246,12 @@ PYBIND11_MODULE(_C, m) {
         "Force a path ('scalar', 'avx2', 'avx512') or 'auto'; False when this "
         "CPU or build cannot run it. For tests.");
   m.def("randn", &randn, py::arg("out_ptr"), py::arg("out_dtype"), py::arg("numel"),
-        py::arg("seed"), py::arg("offset"), py::arg("threads"), release(),
+        py::arg("seed"), py::arg("seed_ptr"), py::arg("offset"), py::arg("threads"), release(),
         "out[i] = noise[offset + i] for i < numel.");
   m.def("affine", &affine, py::arg("x_ptrs"), py::arg("x_dtypes"), py::arg("n_inputs"),
         py::arg("coeffs_ptr"), py::arg("coeffs2_ptr"), py::arg("math_dtype"),
         py::arg("mask_ptr"), py::arg("mask_inner"), py::arg("mask_period"), py::arg("seed"),
-        py::arg("offset"), py::arg("bias"), py::arg("numel"), py::arg("rows"),
+        py::arg("seed_ptr"), py::arg("offset"), py::arg("bias"), py::arg("numel"), py::arg("rows"),
         py::arg("out_ptr"), py::arg("out2_ptr"), py::arg("out_dtype"), py::arg("threads"),
         release(),
         "Per-row affine combination of the inputs, the noise and a constant, "
@@ -254,14 +259,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("affine_sum", &affine_sum, py::arg("x_ptrs"), py::arg("x_dtypes"),
         py::arg("n_inputs"), py::arg("coeffs_ptr"), py::arg("math_dtype"),
         py::arg("mask_ptr"), py::arg("mask_inner"), py::arg("mask_period"), py::arg("seed"),
-        py::arg("offset"), py::arg("bias"), py::arg("numel"), py::arg("rows"),
+        py::arg("seed_ptr"), py::arg("offset"), py::arg("bias"), py::arg("numel"), py::arg("rows"),
         py::arg("power"), py::arg("out_ptr"), py::arg("threads"), release(),
         "out[r] = sum over the valid elements of row r of v^power (deterministic).");
   m.def("affine_dots", &affine_dots, py::arg("x_ptrs"), py::arg("x_dtypes"),
         py::arg("n_inputs"), py::arg("weight_ptr"), py::arg("weight_dtype"),
         py::arg("weight_kind"), py::arg("coeffs_ptr"), py::arg("math_dtype"),
         py::arg("mask_ptr"), py::arg("mask_inner"), py::arg("mask_period"), py::arg("seed"),
-        py::arg("offset"), py::arg("bias"), py::arg("numel"), py::arg("rows"),
+        py::arg("seed_ptr"), py::arg("offset"), py::arg("bias"), py::arg("numel"), py::arg("rows"),
         py::arg("out_ptr"), py::arg("threads"), release(),
         "out[r, j] = sum over the valid elements of row r of w * column_j "
         "(deterministic); w = 1, the weight tensor or the combination.");

@@ -161,8 +161,8 @@ std::vector<py::object> triple(py::handle h, const char* name) {
 AffineProblem problem(py::handle x_ptrs, py::handle x_dtypes, py::handle n_inputs,
                       py::handle coeffs_ptr, bool coeffs_required, py::handle math_dtype,
                       py::handle mask_ptr, py::handle mask_inner, py::handle mask_period,
-                      py::handle seed, py::handle offset, py::handle bias, py::handle numel,
-                      py::handle rows) {
+                      py::handle seed, py::handle seed_ptr, py::handle offset, py::handle bias,
+                      py::handle numel, py::handle rows) {
   AffineProblem p;
   p.numel = as_int(numel, "numel", 0);
   p.rows = as_int(rows, "rows", 1);
@@ -173,8 +173,9 @@ AffineProblem problem(py::handle x_ptrs, py::handle x_dtypes, py::handle n_input
   p.n_inputs = static_cast<int>(as_int(n_inputs, "n_inputs", 1, 3));
   p.math = as_math_dtype(math_dtype, "math_dtype");
   const int64_t s = as_int(seed, "seed", -1);
-  p.has_noise = s >= 0;
-  p.seed = p.has_noise ? static_cast<uint64_t>(s) : 0;
+  p.seed_ptr = static_cast<const uint64_t*>(as_data_ptr(seed_ptr, "seed_ptr", 8, false));
+  p.has_noise = s >= 0 || p.seed_ptr != nullptr;
+  p.seed = s >= 0 ? static_cast<uint64_t>(s) : 0;
   p.offset = as_int(offset, "offset", 0);
   if (p.offset > std::numeric_limits<int64_t>::max() - p.numel)
     fail("offset + numel must stay below 2**63");
@@ -242,26 +243,27 @@ int device_count() {
 }
 
 void randn(py::handle out_ptr, py::handle out_dtype, py::handle numel, py::handle seed,
-           py::handle offset, py::handle device, py::handle stream) {
+           py::handle seed_ptr, py::handle offset, py::handle device, py::handle stream) {
   const DType dtype = as_dtype(out_dtype, "out_dtype");
   const int64_t n = as_int(numel, "numel", 0);
-  const int64_t s = as_int(seed, "seed", 0);
+  const auto* sp = static_cast<const uint64_t*>(as_data_ptr(seed_ptr, "seed_ptr", 8, false));
+  const int64_t s = as_int(seed, "seed", sp != nullptr ? -1 : 0);
   const int64_t off = as_int(offset, "offset", 0);
   if (off > std::numeric_limits<int64_t>::max() - n) fail("offset + numel must stay below 2**63");
   void* out = const_cast<void*>(as_data_ptr(out_ptr, "out_ptr", element_size(dtype), n > 0));
   const int dev = as_device(device);
   void* st = as_stream(stream);
   py::gil_scoped_release release;
-  ddm_fast::cuda::randn(out, dtype, n, static_cast<uint64_t>(s), off, dev, st);
+  ddm_fast::cuda::randn(out, dtype, n, s >= 0 ? static_cast<uint64_t>(s) : 0, sp, off, dev, st);
 }
 
 void affine(py::handle x_ptrs, py::handle x_dtypes, py::handle n_inputs, py::handle coeffs_ptr,
             py::handle coeffs2_ptr, py::handle math_dtype, py::handle mask_ptr,
-            py::handle mask_inner, py::handle mask_period, py::handle seed, py::handle offset,
-            py::handle bias, py::handle numel, py::handle rows, py::handle out_ptr,
+            py::handle mask_inner, py::handle mask_period, py::handle seed, py::handle seed_ptr,
+            py::handle offset, py::handle bias, py::handle numel, py::handle rows, py::handle out_ptr,
             py::handle out2_ptr, py::handle out_dtype, py::handle device, py::handle stream) {
   const AffineProblem p = problem(x_ptrs, x_dtypes, n_inputs, coeffs_ptr, true, math_dtype,
-                                  mask_ptr, mask_inner, mask_period, seed, offset, bias, numel,
+                                  mask_ptr, mask_inner, mask_period, seed, seed_ptr, offset, bias, numel,
                                   rows);
   const bool live = p.numel > 0;
   const DType dtype = as_dtype(out_dtype, "out_dtype");
@@ -299,11 +301,11 @@ void* workspace_arg(py::handle workspace_ptr, const AffineProblem& p, int cols) 
 void affine_sum(py::handle x_ptrs, py::handle x_dtypes, py::handle n_inputs,
                 py::handle coeffs_ptr, py::handle math_dtype, py::handle mask_ptr,
                 py::handle mask_inner, py::handle mask_period, py::handle seed,
-                py::handle offset, py::handle bias, py::handle numel, py::handle rows,
-                py::handle power, py::handle out_ptr, py::handle workspace_ptr,
+                py::handle seed_ptr, py::handle offset, py::handle bias, py::handle numel,
+                py::handle rows, py::handle power, py::handle out_ptr, py::handle workspace_ptr,
                 py::handle device, py::handle stream) {
   const AffineProblem p = problem(x_ptrs, x_dtypes, n_inputs, coeffs_ptr, true, math_dtype,
-                                  mask_ptr, mask_inner, mask_period, seed, offset, bias, numel,
+                                  mask_ptr, mask_inner, mask_period, seed, seed_ptr, offset, bias, numel,
                                   rows);
   const int pw = static_cast<int>(as_int(power, "power", 1, 2));
   // out: (rows,) in the math dtype, written even for numel == 0
@@ -319,13 +321,13 @@ void affine_dots(py::handle x_ptrs, py::handle x_dtypes, py::handle n_inputs,
                  py::handle weight_ptr, py::handle weight_dtype, py::handle weight_kind,
                  py::handle coeffs_ptr, py::handle math_dtype, py::handle mask_ptr,
                  py::handle mask_inner, py::handle mask_period, py::handle seed,
-                 py::handle offset, py::handle bias, py::handle numel, py::handle rows,
-                 py::handle out_ptr, py::handle workspace_ptr, py::handle device,
+                 py::handle seed_ptr, py::handle offset, py::handle bias, py::handle numel,
+                 py::handle rows, py::handle out_ptr, py::handle workspace_ptr, py::handle device,
                  py::handle stream) {
   const int kind = static_cast<int>(as_int(weight_kind, "weight_kind", 0, 2));
   const AffineProblem p =
       problem(x_ptrs, x_dtypes, n_inputs, coeffs_ptr, kind == ddm_fast::kWeightCombination,
-              math_dtype, mask_ptr, mask_inner, mask_period, seed, offset, bias, numel, rows);
+              math_dtype, mask_ptr, mask_inner, mask_period, seed, seed_ptr, offset, bias, numel, rows);
   const void* weight = nullptr;
   DType wdtype = ddm_fast::kFloat32;
   if (kind == ddm_fast::kWeightTensor) {
@@ -348,7 +350,9 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.doc() =
       "ddm_fast CUDA kernels (framework-free): device pointers, dtype codes "
       "(0 float32, 1 float64, 2 bfloat16, 3 float16) and a cudaStream_t, all "
-      "as Python ints. seed = -1: no noise column. Launches are asynchronous "
+      "as Python ints. seed = -1: no noise column, unless seed_ptr != 0 (the "
+      "seed then read on the device from that uint64 word when the kernel runs: "
+      "graph replays see its current value). Launches are asynchronous "
       "on `stream`.";
   m.attr("API_VERSION") = ddm_fast::kApiVersion;
   m.def("build_info", &build_info,
@@ -357,13 +361,13 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("device_count", &device_count,
         "Number of visible CUDA devices; 0 when there is no driver or device (never raises).");
   m.def("randn", &randn, "out[i] = noise[offset + i] for i < numel.", py::arg("out_ptr"),
-        py::arg("out_dtype"), py::arg("numel"), py::arg("seed"), py::arg("offset"),
+        py::arg("out_dtype"), py::arg("numel"), py::arg("seed"), py::arg("seed_ptr"), py::arg("offset"),
         py::arg("device"), py::arg("stream"));
   m.def("affine", &affine,
         "Per-row affine combination (and a second one from coeffs2_ptr unless 0), masked.",
         py::arg("x_ptrs"), py::arg("x_dtypes"), py::arg("n_inputs"), py::arg("coeffs_ptr"),
         py::arg("coeffs2_ptr"), py::arg("math_dtype"), py::arg("mask_ptr"),
-        py::arg("mask_inner"), py::arg("mask_period"), py::arg("seed"), py::arg("offset"),
+        py::arg("mask_inner"), py::arg("mask_period"), py::arg("seed"), py::arg("seed_ptr"), py::arg("offset"),
         py::arg("bias"), py::arg("numel"), py::arg("rows"), py::arg("out_ptr"),
         py::arg("out2_ptr"), py::arg("out_dtype"), py::arg("device"), py::arg("stream"));
   m.def("reduction_workspace_bytes", &reduction_workspace_bytes,
@@ -376,7 +380,7 @@ PYBIND11_MODULE(_C_cuda, m) {
         "dtype; deterministic.",
         py::arg("x_ptrs"), py::arg("x_dtypes"), py::arg("n_inputs"), py::arg("coeffs_ptr"),
         py::arg("math_dtype"), py::arg("mask_ptr"), py::arg("mask_inner"),
-        py::arg("mask_period"), py::arg("seed"), py::arg("offset"), py::arg("bias"),
+        py::arg("mask_period"), py::arg("seed"), py::arg("seed_ptr"), py::arg("offset"), py::arg("bias"),
         py::arg("numel"), py::arg("rows"), py::arg("power"), py::arg("out_ptr"),
         py::arg("workspace_ptr"), py::arg("device"), py::arg("stream"));
   m.def("affine_dots", &affine_dots,
@@ -386,7 +390,7 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("x_ptrs"), py::arg("x_dtypes"), py::arg("n_inputs"), py::arg("weight_ptr"),
         py::arg("weight_dtype"), py::arg("weight_kind"), py::arg("coeffs_ptr"),
         py::arg("math_dtype"), py::arg("mask_ptr"), py::arg("mask_inner"),
-        py::arg("mask_period"), py::arg("seed"), py::arg("offset"), py::arg("bias"),
+        py::arg("mask_period"), py::arg("seed"), py::arg("seed_ptr"), py::arg("offset"), py::arg("bias"),
         py::arg("numel"), py::arg("rows"), py::arg("out_ptr"), py::arg("workspace_ptr"),
         py::arg("device"), py::arg("stream"));
 }

@@ -241,9 +241,21 @@ void reduce(const AffineProblem& p, Job& job, void* out, int threads) {
 }  // namespace detail
 
 // ------------------------------------------------------------ the API
-void randn(void* out, DType out_dtype, int64_t numel, uint64_t seed, int64_t offset,
-           int threads) {
+namespace {
+// The problem with its seed read from seed_ptr (host memory here), once per
+// call, before any tile runs.
+AffineProblem with_seed(const AffineProblem& p) {
+  AffineProblem q = p;
+  if (q.seed_ptr != nullptr) q.seed = *q.seed_ptr;
+  q.seed_ptr = nullptr;
+  return q;
+}
+}  // namespace
+
+void randn(void* out, DType out_dtype, int64_t numel, uint64_t seed, const uint64_t* seed_ptr,
+           int64_t offset, int threads) {
   if (numel <= 0) return;
+  if (seed_ptr != nullptr) seed = *seed_ptr;
   const detail::Engine& e = detail::engine();
   const detail::Tiling tiling(numel, offset);
   detail::run_tiles(tiling.count, numel, threads, [&](int64_t t, detail::Workspace& ws) {
@@ -251,9 +263,10 @@ void randn(void* out, DType out_dtype, int64_t numel, uint64_t seed, int64_t off
   });
 }
 
-void affine(const AffineProblem& p, const void* coeffs2, void* out, void* out2,
+void affine(const AffineProblem& problem, const void* coeffs2, void* out, void* out2,
             DType out_dtype, int threads) {
-  if (p.numel <= 0) return;
+  if (problem.numel <= 0) return;
+  const AffineProblem p = with_seed(problem);
   const detail::Engine& e = detail::engine();
   detail::Job job;
   job.p = &p;
@@ -267,7 +280,8 @@ void affine(const AffineProblem& p, const void* coeffs2, void* out, void* out2,
   });
 }
 
-void affine_sum(const AffineProblem& p, int power, void* out, int threads) {
+void affine_sum(const AffineProblem& problem, int power, void* out, int threads) {
+  const AffineProblem p = with_seed(problem);
   detail::Job job;
   job.p = &p;
   job.dots = false;
@@ -276,8 +290,9 @@ void affine_sum(const AffineProblem& p, int power, void* out, int threads) {
   detail::reduce(p, job, out, threads);
 }
 
-void affine_dots(const AffineProblem& p, const void* weight, DType weight_dtype,
+void affine_dots(const AffineProblem& problem, const void* weight, DType weight_dtype,
                  WeightKind kind, void* out, int threads) {
+  const AffineProblem p = with_seed(problem);
   detail::Job job;
   job.p = &p;
   job.dots = true;

@@ -323,9 +323,9 @@ void reduce(const AffineProblem& p, const void* weight, DType weight_dtype, int 
 }
 
 template <typename Tag, typename I>
-void launch_randn(void* out, int64_t numel, uint64_t seed, int64_t offset, int device,
-                  cudaStream_t stream) {
-  const RandnArgs<I> a = randn_args<I>(out, numel, seed, offset);
+void launch_randn(void* out, int64_t numel, uint64_t seed, const uint64_t* seed_ptr,
+                  int64_t offset, int device, cudaStream_t stream) {
+  const RandnArgs<I> a = randn_args<I>(out, numel, seed, seed_ptr, offset);
   randn_kernel<Tag, I><<<elementwise_grid(a.n_chunks, device), kThreads, 0, stream>>>(a);
   check_launch("randn_kernel");
 }
@@ -345,8 +345,8 @@ void launch_affine(const AffineProblem& p, const void* coeffs2, void* out, void*
 }  // namespace
 
 // ------------------------------------------------------------ public API
-void randn(void* out, DType out_dtype, int64_t numel, uint64_t seed, int64_t offset, int device,
-           void* stream_ptr) {
+void randn(void* out, DType out_dtype, int64_t numel, uint64_t seed, const uint64_t* seed_ptr,
+           int64_t offset, int device, void* stream_ptr) {
   if (numel < 0 || offset < 0 || (numel > 0 && offset > INT64_MAX - numel))
     throw std::invalid_argument("ddm_fast::cuda::randn: bad numel or offset");
   if (!valid_dtype(out_dtype)) throw std::invalid_argument("ddm_fast::cuda::randn: bad dtype");
@@ -356,8 +356,8 @@ void randn(void* out, DType out_dtype, int64_t numel, uint64_t seed, int64_t off
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const bool small = numel < kInt32Limit;
 #define DDM_RANDN(TAG)                                                          \
-  (small ? launch_randn<TAG, int32_t>(out, numel, seed, offset, device, stream) \
-         : launch_randn<TAG, int64_t>(out, numel, seed, offset, device, stream))
+  (small ? launch_randn<TAG, int32_t>(out, numel, seed, seed_ptr, offset, device, stream) \
+         : launch_randn<TAG, int64_t>(out, numel, seed, seed_ptr, offset, device, stream))
   switch (out_dtype) {
     case kFloat64:
       DDM_RANDN(F64);

@@ -326,6 +326,13 @@ DDM_UNROLL
   }
 }
 
+// The seed of a launch: the word at seed_ptr when given (read when the
+// kernel runs, so a replayed CUDA graph sees the word's current value), else
+// the seed passed by value.
+DDM_INLINE uint64_t launch_seed(const uint64_t* seed_ptr, uint64_t seed) {
+  return seed_ptr != nullptr ? ldg(seed_ptr) : seed;
+}
+
 // -------------------------------------------------------- the combination
 template <typename I>
 struct Common {
@@ -336,6 +343,7 @@ struct Common {
   bool has_noise;
   bool has_bias;
   uint64_t seed;
+  const uint64_t* seed_ptr;  // not null: the seed is read from here
   MaskArgs<I> mask;
   I numel;
   I per_row;
@@ -431,6 +439,7 @@ template <typename I>
 struct RandnArgs {
   void* out;
   uint64_t seed;
+  const uint64_t* seed_ptr;  // not null: the seed is read from here
   I numel;
   I n_chunks;
   int64_t k_first;
@@ -448,7 +457,8 @@ DDM_INLINE void randn_chunk(const RandnArgs<I>& a, I kk) {
 DDM_UNROLL
   for (int e = 0; e < E; ++e) in_range[e] = full || (i0 + e >= 0 && i0 + e < a.numel);
   float nz[E];
-  chunk_noise<CPT>(static_cast<uint64_t>(a.k_first + kk) * CPT, a.seed, in_range, nz);
+  chunk_noise<CPT>(static_cast<uint64_t>(a.k_first + kk) * CPT,
+                   launch_seed(a.seed_ptr, a.seed), in_range, nz);
   store_chunk<Tag, float, E, I>(a.out, i0, full, in_range, nz);
 }
 
@@ -484,7 +494,8 @@ DDM_UNROLL
   for (int e = 0; e < E; ++e) any |= keep[e];
   float nz[E];
   if (p.has_noise) {
-    chunk_noise<CPT>(static_cast<uint64_t>(p.k_first + kk) * CPT, p.seed, keep, nz);
+    chunk_noise<CPT>(static_cast<uint64_t>(p.k_first + kk) * CPT,
+                     launch_seed(p.seed_ptr, p.seed), keep, nz);
   } else {
 DDM_UNROLL
     for (int e = 0; e < E; ++e) nz[e] = 0.0f;
@@ -597,7 +608,8 @@ DDM_UNROLL
     if (!any) continue;
     float nz[E];
     if (p.has_noise) {
-      chunk_noise<CPT>(static_cast<uint64_t>(p.k_first + kk) * CPT, p.seed, keep, nz);
+      chunk_noise<CPT>(static_cast<uint64_t>(p.k_first + kk) * CPT,
+                     launch_seed(p.seed_ptr, p.seed), keep, nz);
     } else {
 DDM_UNROLL
       for (int e = 0; e < E; ++e) nz[e] = 0.0f;
@@ -673,6 +685,7 @@ Common<I> common_args(const AffineProblem& p, int cpt) {
   c.has_noise = p.has_noise;
   c.has_bias = p.has_bias;
   c.seed = p.seed;
+  c.seed_ptr = p.seed_ptr;
   c.mask = mask_args<I>(p.mask);
   c.numel = static_cast<I>(p.numel);
   c.per_row = static_cast<I>(p.per_row());
@@ -727,11 +740,13 @@ inline int64_t workspace_bytes(const AffineProblem& p, int result_cols) {
 
 // ---- the kernels' argument structs (numel >= 1)
 template <typename I>
-RandnArgs<I> randn_args(void* out, int64_t numel, uint64_t seed, int64_t offset) {
+RandnArgs<I> randn_args(void* out, int64_t numel, uint64_t seed, const uint64_t* seed_ptr,
+                        int64_t offset) {
   constexpr int64_t E = 4 * kRandnCPT;
   RandnArgs<I> a;
   a.out = out;
   a.seed = seed;
+  a.seed_ptr = seed_ptr;
   a.numel = static_cast<I>(numel);
   a.n_chunks = static_cast<I>(n_chunks_of(numel, offset, kRandnCPT));
   a.k_first = offset / E;

@@ -16,13 +16,14 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from ..seeds import has_noise, kernel_seed
 from .layout import kernel_mask_layout
 
 __all__ = ["why_unavailable", "randn", "affine", "affine_sum", "affine_dots",
            "extension_info"]
 
 LIBRARY_KIND = "custom_op"
-API_VERSION = 1  # csrc/include/ddm_fast/kernels.h: kApiVersion
+API_VERSION = 2  # csrc/include/ddm_fast/kernels.h: kApiVersion
 
 DTYPE_CODES: Dict[torch.dtype, int] = {
     torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
@@ -155,10 +156,11 @@ def randn(numel: int, seed: int, offset: int, dtype: torch.dtype,
     if dtype not in DTYPE_CODES:
         raise TypeError(f"dtype must be one of {sorted(map(str, DTYPE_CODES))}, "
                         f"got {dtype}")
+    value, word = _seed(seed, device)
     out = torch.empty(numel, dtype=dtype, device=device)
     if numel > 0:
-        module.randn(out.data_ptr(), DTYPE_CODES[dtype], numel, seed, offset,
-                     *_launch_tail(device))
+        module.randn(out.data_ptr(), DTYPE_CODES[dtype], numel, value, word,
+                     offset, *_launch_tail(device))
     return out
 
 
@@ -180,17 +182,24 @@ def affine(x0, x1, x2, coeffs, coeffs2, mask, seed: int, offset: int,
     if numel > 0:
         module.affine(ptrs, codes, n_inputs, coeffs.data_ptr(),
                       _ptr("coeffs2", coeffs2, x0.device), math, mask_ptr, inner,
-                      period, seed, offset, bool(bias), numel, rows,
-                      out.data_ptr(), out2.data_ptr() if coeffs2 is not None else 0,
+                      period, *_seed(seed, x0.device), offset, bool(bias),
+                      numel, rows, out.data_ptr(), out2.data_ptr() if coeffs2 is not None else 0,
                       DTYPE_CODES[out_dtype], *_launch_tail(x0.device))
     return out, out2
+
+
+def _seed(seed, device):
+    """(seed value, seed word pointer) of a primitive's seed argument."""
+    value, word = kernel_seed(seed, device)
+    return value, (word.data_ptr() if word is not None else 0)
 
 
 def _workspace(module, device, n_inputs, seed, bias, numel, rows, cols):
     """CUDA reductions' scratch, from torch's caching allocator."""
     if device.type != "cuda":
         return ()
-    size = module.reduction_workspace_bytes(n_inputs, seed, bias, numel, rows, cols)
+    size = module.reduction_workspace_bytes(n_inputs, 0 if has_noise(seed) else -1,
+                                            bias, numel, rows, cols)
     scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=device)
     return (scratch.data_ptr(), scratch)
 
@@ -204,7 +213,8 @@ def affine_sum(x0, x1, x2, coeffs, mask, seed: int, offset: int, power: int,
     if numel > 0:
         scratch = _workspace(module, x0.device, n_inputs, seed, bias, numel, rows, 1)
         module.affine_sum(ptrs, codes, n_inputs, coeffs.data_ptr(), math,
-                          mask_ptr, inner, period, seed, offset, bool(bias),
+                          mask_ptr, inner, period, *_seed(seed, x0.device),
+                          offset, bool(bias),
                           numel, rows, int(power), out.data_ptr(),
                           *scratch[:1], *_launch_tail(x0.device))
     return out
@@ -230,6 +240,7 @@ def affine_dots(x0, x1, x2, weight, coeffs, mask, seed: int, offset: int,
                              cols)
         module.affine_dots(ptrs, codes, n_inputs, weight_ptr, weight_code,
                            int(weight_kind), coeffs.data_ptr(), math, mask_ptr,
-                           inner, period, seed, offset, bool(bias), numel, rows,
+                           inner, period, *_seed(seed, x0.device), offset,
+                           bool(bias), numel, rows,
                            out.data_ptr(), *scratch[:1], *_launch_tail(x0.device))
     return out

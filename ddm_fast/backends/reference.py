@@ -31,6 +31,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..seeds import has_noise
+
 __all__ = ["randn", "affine", "affine_sum", "affine_dots", "philox4x32",
            "why_unavailable"]
 
@@ -59,11 +61,14 @@ def _mulhilo(a: torch.Tensor, b: int):
     return hi & _MASK32, lo
 
 
-def philox4x32(counter_lo: torch.Tensor, counter_hi: torch.Tensor, seed: int,
+def philox4x32(counter_lo: torch.Tensor, counter_hi: torch.Tensor, seed,
                n_rounds: int = 10):
     """Philox4x32-10 on counters (lo, hi, 0, 0) with key (seed lo, seed hi);
     the exact word sequence of Triton's ``tl.randint4x``. Inputs and outputs
-    are int64 tensors holding uint32 values."""
+    are int64 tensors holding uint32 values; ``seed`` is an int or a seed
+    word (a one-element int64 tensor, read by tensor ops: no host sync)."""
+    if isinstance(seed, torch.Tensor):
+        seed = seed.reshape(())
     c0 = counter_lo
     c1 = counter_hi
     c2 = torch.zeros_like(c0)
@@ -94,10 +99,11 @@ def _box_muller(u1: torch.Tensor, u2: torch.Tensor):
     return radius * torch.cos(theta), radius * torch.sin(theta)
 
 
-def randn(shape: Union[int, Sequence[int]], seed: int, offset: int = 0,
+def randn(shape: Union[int, Sequence[int]], seed, offset: int = 0,
           dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """noise[offset + i] for i < prod(shape), float32 math; ``shape`` may
-    be an element count (a flat result)."""
+    be an element count (a flat result); ``seed`` an int or a seed word
+    (:mod:`ddm_fast.seeds`)."""
     shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
     numel = 1
     for s in shape:
@@ -132,7 +138,7 @@ def _columns(x0, x1, x2, seed: int, offset: int, bias: bool, rows: int,
         return t.reshape(rows, per_row)
 
     columns = [clean(t) for t in (x0, x1, x2) if t is not None]
-    if seed >= 0:
+    if has_noise(seed):
         columns.append(clean(randn(shape, seed, offset, torch.float32, x0.device)))
     if bias:
         columns.append(clean(torch.ones(shape, dtype=math, device=x0.device)))

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from ..seeds import has_noise, kernel_seed
 from . import BackendUnavailableError
 from .layout import kernel_mask_layout
 
@@ -88,6 +89,13 @@ def _on(device: torch.device):
     return contextlib.nullcontext()
 
 
+def _seed_arg(seed, device):
+    """The kernels' ``seed`` argument: the seed word itself (the kernel
+    loads it, SEED_IN_MEMORY=1) or the int (0 when there is no noise)."""
+    value, word = kernel_seed(seed, device)
+    return word if word is not None else max(value, 0)
+
+
 # ------------------------------------------------------------ the launches
 if _STATIC_REASON is None:  # triton present and recent enough
     from torch.library import wrap_triton
@@ -110,11 +118,12 @@ def randn(numel: int, seed: int, offset: int, dtype: torch.dtype,
         counters, warps = elementwise_launch(numel)
         with _on(device):
             wrap_triton(randn_kernel)[(triton.cdiv(n_counters, counters),)](
-                out, seed, offset, first, numel,
+                out, _seed_arg(seed, device), offset, first, numel,
                 ALIGNED=int(offset % 4 == 0 and numel % 4 == 0
                             and out.element_size() <= 4),
                 INDEX_64=needs_int64_index(numel), COUNTERS=counters,
-                SUB=sub_counters(counters, warps), num_warps=warps)
+                SUB=sub_counters(counters, warps),
+                SEED_IN_MEMORY=int(isinstance(seed, torch.Tensor)), num_warps=warps)
     return out
 
 
@@ -144,12 +153,13 @@ def affine(x0, x1, x2, coeffs, coeffs2, mask, seed: int, offset: int,
             coeffs, coeffs2 if coeffs2 is not None else coeffs,
             mask if mask is not None else x0,
             out, out2 if coeffs2 is not None else out,
-            max(seed, 0), offset, first, numel, per_row,
+            _seed_arg(seed, x0.device), offset, first, numel, per_row,
             mask_inner, mask_period,
-            N_INPUTS=n_inputs, HAS_NOISE=int(seed >= 0), HAS_BIAS=int(bias),
+            N_INPUTS=n_inputs, HAS_NOISE=int(has_noise(seed)), HAS_BIAS=int(bias),
             HAS_OUT2=int(coeffs2 is not None), **flags,
             INDEX_64=needs_int64_index(numel), COUNTERS=counters,
-            SUB=sub_counters(counters, warps), num_warps=warps)
+            SUB=sub_counters(counters, warps),
+            SEED_IN_MEMORY=int(isinstance(seed, torch.Tensor)), num_warps=warps)
     return out, out2
 
 
@@ -181,12 +191,14 @@ def _row_reduce(x0, x1, x2, weight, coeffs, mask, seed, offset, bias,
             x0, x1 if x1 is not None else x0, x2 if x2 is not None else x0,
             coeffs, weight if weight is not None else x0,
             mask if mask is not None else x0, partials,
-            max(seed, 0), offset, per_row, blocks_per_row,
+            _seed_arg(seed, x0.device), offset, per_row, blocks_per_row,
             mask_inner, mask_period,
-            N_INPUTS=n_inputs, HAS_NOISE=int(seed >= 0), HAS_BIAS=int(bias),
+            N_INPUTS=n_inputs, HAS_NOISE=int(has_noise(seed)), HAS_BIAS=int(bias),
             RESULT=result, POWER=power, WEIGHT=weight_kind, **flags,
             INDEX_64=needs_int64_index(numel), COUNTERS=counters,
-            SUB=sub_counters(counters, num_warps), num_warps=num_warps)
+            SUB=sub_counters(counters, num_warps),
+            SEED_IN_MEMORY=int(isinstance(seed, torch.Tensor)),
+            num_warps=num_warps)
     return _sum_partials(partials, rows, n_out_cols, blocks_per_row)
 
 

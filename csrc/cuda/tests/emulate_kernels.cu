@@ -159,6 +159,7 @@ struct Case {
   DType wd;
   bool noise, bias, two;
   uint64_t seed;
+  bool seed_in_memory;  // the kernels read the seed through seed_ptr
   int mask_mode;  // 0 none, 1 data layout, 2 (O, 1, I)
   int64_t O, Mid, In;
   int misalign[5];  // elements: x0, x1, x2, out/out2, weight
@@ -167,17 +168,19 @@ struct Case {
     char buf[512];
     std::snprintf(buf, sizeof buf,
                   "numel=%lld rows=%lld offset=%lld n=%d x=(%s,%s,%s) math=%s out=%s noise=%d "
-                  "bias=%d two=%d mask=%d (O=%lld M=%lld I=%lld) mis=(%d,%d,%d,%d,%d) int64=%d",
+                  "bias=%d two=%d seed_ptr=%d mask=%d (O=%lld M=%lld I=%lld) mis=(%d,%d,%d,%d,%d) "
+                  "int64=%d",
                   (long long)numel, (long long)rows, (long long)offset, n_inputs, dname(xd[0]),
                   dname(xd[1]), dname(xd[2]), dname(math), dname(out_dtype), noise, bias, two,
-                  mask_mode, (long long)O, (long long)Mid, (long long)In, misalign[0],
+                  seed_in_memory, mask_mode, (long long)O, (long long)Mid, (long long)In, misalign[0],
                   misalign[1], misalign[2], misalign[3], misalign[4], force64);
     return buf;
   }
 };
 
 struct Data {
-  Buffer x[3], weight, coeffs, coeffs2, mask;
+  Buffer x[3], weight, coeffs, coeffs2, mask, seed_word;
+  uint64_t seed;  // the seed the noise must come from
   std::vector<uint8_t> keep;  // per element
   AffineProblem p;
 };
@@ -220,7 +223,15 @@ static Data make_data(const Case& c, std::mt19937_64& rng) {
   d.p.n_inputs = c.n_inputs;
   d.p.math = c.math;
   d.p.has_noise = c.noise;
+  d.seed = c.seed;
   d.p.seed = c.seed;
+  if (c.seed_in_memory) {
+    // the by-value seed is wrong on purpose: only the word may be used
+    d.seed_word = Buffer(sizeof(uint64_t), 0);
+    std::memcpy(d.seed_word.data(), &c.seed, sizeof(uint64_t));
+    d.p.seed = ~c.seed;
+    d.p.seed_ptr = static_cast<const uint64_t*>(d.seed_word.data());
+  }
   d.p.offset = c.offset;
   d.p.has_bias = c.bias;
   const int cols = d.p.n_cols();
@@ -247,7 +258,7 @@ static M reference_value(const Data& d, const void* table, int64_t i) {
   if (p.n_inputs > 1) v += c[1] * x[1];
   if (p.n_inputs > 2) v += c[2] * x[2];
   if (p.has_noise)
-    v += c[p.n_inputs] * static_cast<M>(normal_at(static_cast<uint64_t>(p.offset + i), p.seed));
+    v += c[p.n_inputs] * static_cast<M>(normal_at(static_cast<uint64_t>(p.offset + i), d.seed));
   if (p.has_bias) v += c[p.n_inputs + (p.has_noise ? 1 : 0)];
   return v;
 }
@@ -256,7 +267,10 @@ static M reference_value(const Data& d, const void* table, int64_t i) {
 template <typename Tag, typename I>
 static void run_randn(int64_t numel, uint64_t seed, int64_t offset, DType d, int misalign) {
   Buffer out(numel * dsize(d), misalign * dsize(d));
-  const RandnArgs<I> a = randn_args<I>(out.data(), numel, seed, offset);
+  // odd misalignments read the seed through seed_ptr (a wrong by-value seed)
+  const uint64_t word = seed;
+  const RandnArgs<I> a = misalign % 2 ? randn_args<I>(out.data(), numel, ~seed, &word, offset)
+                                      : randn_args<I>(out.data(), numel, seed, nullptr, offset);
   for (I kk = 0; kk < a.n_chunks; ++kk) randn_chunk<Tag, I>(a, kk);
   for (int64_t i = 0; i < numel; ++i) {
     const float n = normal_at(static_cast<uint64_t>(offset + i), seed);
@@ -437,7 +451,7 @@ static void run_reductions(const Case& c, Data& d) {
         ++col;
       };
       for (int k = 0; k < p.n_inputs; ++k) add(read_math<M>(p.x[k], p.x_dtype[k], i));
-      if (p.has_noise) add(normal_at(static_cast<uint64_t>(p.offset + i), p.seed));
+      if (p.has_noise) add(normal_at(static_cast<uint64_t>(p.offset + i), d.seed));
       if (p.has_bias) add(1.0);
     }
     const std::vector<double> got =
@@ -504,6 +518,7 @@ int main(int argc, char** argv) {
     c.bias = false;
     c.two = false;
     c.seed = 5;
+    c.seed_in_memory = false;
     c.mask_mode = 0;
     c.O = 1;
     c.Mid = 1;
@@ -595,6 +610,7 @@ int main(int argc, char** argv) {
     c.bias = choose(2) == 0;
     c.two = choose(2) == 0;
     c.seed = static_cast<uint64_t>(pick(rng)) * 2654435761ull;
+    c.seed_in_memory = c.noise && choose(3) == 0;
     c.mask_mode = choose(3);
     if (c.mask_mode == 2 && c.Mid == 1) c.mask_mode = 1;
     for (int k = 0; k < 5; ++k) c.misalign[k] = choose(3) == 0 ? 1 + choose(3) : 0;

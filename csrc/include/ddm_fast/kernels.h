@@ -27,7 +27,8 @@
 
 namespace ddm_fast {
 
-constexpr int kApiVersion = 1;
+// 2: the seed may be read at run time from memory (seed_ptr).
+constexpr int kApiVersion = 2;
 
 // How the mask is read. data index i -> mask index
 //   (i / period) * inner + i % inner
@@ -53,6 +54,11 @@ struct AffineProblem {
   MaskView mask;
   bool has_noise = false;
   uint64_t seed = 0;
+  // When not null, the seed is read from this word when the kernel runs
+  // instead of `seed` (device memory for CUDA, host memory for CPU): a
+  // captured CUDA graph then replays with whatever seed the word holds, so a
+  // replay draws fresh noise after the word is updated in place.
+  const uint64_t* seed_ptr = nullptr;
   int64_t offset = 0;
   bool has_bias = false;
 
@@ -64,8 +70,9 @@ enum WeightKind : int { kWeightOne = 0, kWeightTensor = 1, kWeightCombination = 
 
 namespace cpu {
 // `threads` >= 1: the OpenMP team size (the caller passes torch's setting).
-void randn(void* out, DType out_dtype, int64_t numel, uint64_t seed, int64_t offset,
-           int threads);
+// seed_ptr: as AffineProblem::seed_ptr (nullptr: use `seed`).
+void randn(void* out, DType out_dtype, int64_t numel, uint64_t seed, const uint64_t* seed_ptr,
+           int64_t offset, int threads);
 // coeffs2 == nullptr: no second output (out2 ignored).
 void affine(const AffineProblem& p, const void* coeffs2, void* out, void* out2,
             DType out_dtype, int threads);
@@ -94,8 +101,8 @@ namespace cuda {
 // size; outputs must not overlap inputs (inputs are read through the
 // read-only data cache). The combination rounds each product and sum
 // separately (no FMA contraction), like the eager reference.
-void randn(void* out, DType out_dtype, int64_t numel, uint64_t seed, int64_t offset,
-           int device, void* stream);
+void randn(void* out, DType out_dtype, int64_t numel, uint64_t seed, const uint64_t* seed_ptr,
+           int64_t offset, int device, void* stream);
 void affine(const AffineProblem& p, const void* coeffs2, void* out, void* out2,
             DType out_dtype, int device, void* stream);
 // `workspace`: scratch of reduction_workspace_bytes(p, result_cols) bytes on
