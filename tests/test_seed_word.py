@@ -60,3 +60,20 @@ def test_seed_word_is_checked():
         kernel_seed(torch.tensor([7], device="meta"), cpu)
     with pytest.raises(ValueError, match=r"\[0, 2\*\*63\)"):
         seed_word(-1)
+
+
+def test_public_ops_take_a_seed_word_outside_autograd():
+    from ddm_fast import ops
+    x = torch.randn(4, 33)
+    coeffs = torch.randn(4, 2)
+    word = seed_word(SEED)
+    assert torch.equal(ops.randn((4, 33), word, 5), ops.randn((4, 33), SEED, 5))
+    assert torch.equal(ops.affine([x], coeffs, seed=word, offset=5),
+                       ops.affine([x], coeffs, seed=SEED, offset=5))
+    with torch.no_grad():
+        assert torch.equal(ops.affine_sum([x.requires_grad_()], coeffs, seed=word),
+                           ops.affine_sum([x], coeffs, seed=SEED))
+    with pytest.raises(ValueError, match="where gradients flow"):
+        ops.affine([x], coeffs, seed=word)  # x requires grad
+    with pytest.raises(ValueError, match="seed word"):
+        ops.affine([x.detach()], coeffs, seed=torch.tensor([1.0]))

@@ -38,6 +38,7 @@ from .._math import alpha_sigma
 from .._validation import (check_float_tensor, check_mask, check_per_sample,
                            check_same_device, check_same_shapes, check_seed)
 from ..backends.layout import prepare_mask
+from ..seeds import kernel_seed
 from . import library
 
 __all__ = ["randn", "affine", "affine_sum", "affine_dots", "diffuse",
@@ -106,14 +107,29 @@ def randn(shape: Union[int, Sequence[int]], seed: int, offset: int = 0,
     numel = 1
     for s in shape:
         numel *= s
-    check_seed("seed", seed)
     _check_offset(offset, numel)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
     device = torch.device(device) if device is not None else torch.device("cpu")
+    direct = _direct()
+    _check_seed(seed, device, direct)
     p = _primitives(device)
-    fn = p.module.randn if _direct() else p.randn
+    fn = p.module.randn if direct else p.randn
     return fn(numel, seed, offset, dtype, device).reshape(shape)
+
+
+def _check_seed(seed, device: torch.device, direct: bool):
+    """An int seed, or a seed word (:func:`ddm_fast.seeds.seed_word`) on the
+    data's device. Seed words serve inference and CUDA-graph replay: where
+    gradients flow or torch.compile traces, the seed must be an int."""
+    if isinstance(seed, torch.Tensor):
+        kernel_seed(seed, device)
+        if not direct:
+            raise ValueError(
+                "seed is a seed word (a tensor) where gradients flow or "
+                "torch.compile traces; there it must be a Python int")
+        return seed
+    return check_seed("seed", seed)
 
 
 def _check_offset(offset, numel: int) -> int:
@@ -167,7 +183,7 @@ def _check_affine_args(inputs, coeffs, mask, seed, offset, coeffs2, bias):
                          f"{tuple(coeffs.shape)}, got {tuple(coeffs2.shape)}")
     check_mask(mask, like, like_name="inputs[0]")
     if seed is not None:
-        check_seed("seed", seed)
+        _check_seed(seed, like.device, _direct(*inputs, coeffs, coeffs2))
     _check_offset(offset, like.numel())
     return inputs
 
