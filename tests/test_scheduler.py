@@ -365,8 +365,9 @@ def test_binarized_update_hand_worked():
         v0 = 0.5^2 * 1 + (1 - 0.5^2) * 3 = 2.5.
     Bin 2 gets gamma 0 (a left edge belongs to its bin) with target 10:
         v2 = 0.5 * 1 + 0.5 * 10 = 5.5.   Bins 1 and 3 keep 1.
-    Integral at the edges (width 2): 0, 5, 7, 18, 20.
-    Range [-3, 3]: C(-3) = 2.5, C(3) = 19, so p = v / 16.5 and
+    Integral at the edges, in units of bins as the toolbox keeps it
+    (cumulative values): 0, 2.5, 3.5, 9, 10 (times the width 2 over gamma).
+    Range [-3, 3]: C(-3) = 2.5, C(3) = 19 over gamma, so p = v / 16.5 and
     t = 0.5 -> C = 10.75 -> gamma = 0 + 2 * (10.75 - 7) / 11 = 15/22.
     """
     scheduler = BinarizedScheduler(n_bins=4, gamma_min=-3., gamma_max=3.,
@@ -380,7 +381,7 @@ def test_binarized_update_hand_worked():
         torch.tensor([2.5, 1., 5.5, 1.], dtype=torch.float64))
     torch.testing.assert_close(
         scheduler.bin_integral,
-        torch.tensor([0., 5., 7., 18., 20.], dtype=torch.float64))
+        torch.tensor([0., 2.5, 3.5, 9., 10.], dtype=torch.float64))
     torch.testing.assert_close(
         scheduler.get_density(torch.tensor([-2.5, -1., 1., 2.5],
                                            dtype=torch.float64)),
@@ -418,8 +419,8 @@ def test_binarized_update_batch_split_invariance():
     whole = make_binarized(ema_rate=0.8).double()
     whole.update(gamma, target)
     split = make_binarized(ema_rate=0.8).double()
-    counts_a, sums_a = split._bin_statistics(gamma[:23], target[:23])
-    counts_b, sums_b = split._bin_statistics(gamma[23:], target[23:])
+    counts_a, sums_a, _ = split._bin_statistics(gamma[:23], target[:23])
+    counts_b, sums_b, _ = split._bin_statistics(gamma[23:], target[23:])
     split._apply_bin_statistics(counts_a + counts_b, sums_a + sums_b)
     torch.testing.assert_close(split.bin_values, whole.bin_values)
     torch.testing.assert_close(split.bin_integral, whole.bin_integral)
