@@ -5,6 +5,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .._compat import warn_ignored_kwargs
 from .._validation import check_mask, check_tensor
 
 __all__ = ["CombinedEncoder", "split_channels", "split_mask"]
@@ -37,11 +38,13 @@ class CombinedEncoder(torch.nn.Module):
     channel groups and concatenate their outputs along dim 1.
 
     Each encoder consumes ``encoder.n_dims`` channels (1 when it declares
-    none, the toolbox behaviour).
+    none, the toolbox behaviour). Extra keyword arguments are accepted and
+    ignored, with a warning naming them.
     """
 
-    def __init__(self, base_encoders: Dict[str, torch.nn.Module]):
+    def __init__(self, base_encoders: Dict[str, torch.nn.Module], **kwargs):
         super().__init__()
+        warn_ignored_kwargs(self, kwargs)
         if not isinstance(base_encoders, dict) and not isinstance(
                 base_encoders, torch.nn.ModuleDict):
             raise TypeError(f"base_encoders must be a dict of name -> module, "
