@@ -133,9 +133,13 @@ class BinarizedScheduler(NoiseScheduler):
             self._refresh_integral()
 
     def _apply(self, fn, *args, **kwargs):
-        # After .double(), .to(...): recompute the integral in the new dtype
-        # from the values rather than keep a converted, rounded one.
+        # After .double(), .to(...): recompute the integral and the edges in
+        # the new dtype rather than keep converted, rounded ones.
         super()._apply(fn, *args, **kwargs)
+        with torch.no_grad():
+            edges = self._edges(self.bin_limits.dtype, self.bin_limits.device)
+            self.bin_limits.copy_(edges)
+            self.dx.copy_(edges[1] - edges[0])
         self._refresh_integral()
         return self
 

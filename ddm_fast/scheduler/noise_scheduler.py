@@ -114,12 +114,12 @@ class NoiseScheduler(torch.nn.Module):
     def _check_times(self, timesteps) -> torch.Tensor:
         """``timesteps`` checked to lie in [0, 1] (NaN rejected): outside,
         every schedule would extrapolate to a NaN or a gamma beyond its
-        range. One host read of a reduction (skipped while a CUDA graph is
-        being captured, where it is not allowed)."""
+        range. The check reads a reduction on the host, so it runs for
+        tensors off the GPU only: on CUDA the schedulers never synchronise
+        (a training step would stall on every call), and invalid times there
+        give NaN or out-of-range gammas instead of an error."""
         timesteps = self._check_input("timesteps", timesteps)
-        capturing = timesteps.is_cuda and \
-            torch.cuda.is_current_stream_capturing()
-        if not capturing and timesteps.numel() > 0:
+        if not timesteps.is_cuda and timesteps.numel() > 0:
             outside = ~((timesteps >= 0) & (timesteps <= 1))  # NaN: outside
             if bool(outside.any()):
                 bad = timesteps[outside].flatten()[:3].tolist()
