@@ -76,6 +76,8 @@ CONFIGS = {
                   "dim": 16, "unused_key": 1},
     "fourier": {"_target_": "ddm_dynamical.layers.RandomFourierLayer",
                 "in_features": 2, "n_neurons": 8, "unused_key": 1},
+    "callback": {"_target_": "ddm_dynamical.callbacks.EvaluateSchedulerCallback",
+                 "n_steps": 1001, "unused_key": 1},
 }
 
 
@@ -84,7 +86,8 @@ def test_built_from_config_with_extra_key_warns_once_naming_it(name):
     with pytest.warns(UserWarning, match="unused_key") as record:
         module = instantiate(CONFIGS[name])
     assert sum("unused_key" in str(w.message) for w in record) == 1
-    assert isinstance(module, torch.nn.Module)
+    assert isinstance(module, (torch.nn.Module,
+                               ddm_fast.callbacks.Callback))
     # The same configuration again: no second warning.
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -448,3 +448,8 @@ def test_decoder_update_skips_non_finite_targets(cls):
     assert torch.equal(decoder.scale, before)
     decoder.update(latent, None, torch.ones(1, 1, 4))
     assert torch.isfinite(decoder.scale).all()
+
+
+def test_combined_encoder_names_a_bad_member():
+    with pytest.raises(TypeError, match=r"base_encoders\['b'\]"):
+        CombinedEncoder({"a": GaussianEncoder(), "b": "not an encoder"})

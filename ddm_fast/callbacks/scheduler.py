@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
+from .._compat import warn_ignored_kwargs
 from .._validation import check_positive_int
 from ..utils import alpha_sigma
 from .base import Callback, is_lightning_trainer
@@ -60,6 +61,7 @@ class EvaluateSchedulerCallback(Callback):
     n_steps : number of times in linspace(0, 1, n_steps) at which the
         scheduler is evaluated (>= 2).
     every : write the figures at every ``every``-th validation (>= 1).
+    **kwargs : accepted and ignored, with a warning naming them.
 
     From ddm_fast's training loop, ``on_validation_end`` writes
     ``scheduler_{logsnr,density,signal}_step{step:06d}.png`` into
@@ -80,8 +82,9 @@ class EvaluateSchedulerCallback(Callback):
     Without a trainer, call :meth:`save` or :meth:`figures` directly.
     """
 
-    def __init__(self, n_steps: int = 1001, every: int = 1):
+    def __init__(self, n_steps: int = 1001, every: int = 1, **kwargs):
         super().__init__()
+        warn_ignored_kwargs(self, kwargs)
         self.n_steps = check_positive_int("n_steps", n_steps, minimum=2)
         self.every = check_positive_int("every", every)
         self._validations_seen = 0

@@ -51,6 +51,11 @@ class CombinedEncoder(torch.nn.Module):
                             f"got {type(base_encoders).__name__}")
         if len(base_encoders) == 0:
             raise ValueError("base_encoders must hold at least one encoder")
+        for name, encoder in base_encoders.items():
+            if not isinstance(encoder, torch.nn.Module):
+                raise TypeError(f"base_encoders[{name!r}] must be a "
+                                f"torch.nn.Module encoder, got "
+                                f"{type(encoder).__name__}")
         self.base_encoders = torch.nn.ModuleDict(base_encoders)
 
     @property
