@@ -206,3 +206,22 @@ def test_arguments_validated(tmp_path):
         callback.save(LinearScheduler(), 3)
     with pytest.raises(ValueError, match="step"):
         callback.save(LinearScheduler(), tmp_path, step=-1)
+
+
+def test_lightning_package_preference(monkeypatch):
+    """lightning.pytorch first, pytorch_lightning when lightning is absent,
+    None without either (the package lookups are faked: no import)."""
+    import importlib
+    import importlib.util
+
+    from ddm_fast.callbacks import base
+    installed = set()
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: object() if name in installed else None)
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name: f"module {name}")
+    assert base._lightning_package() is None
+    installed.add("pytorch_lightning")
+    assert base._lightning_package() == "module pytorch_lightning"
+    installed.add("lightning")
+    assert base._lightning_package() == "module lightning.pytorch"
