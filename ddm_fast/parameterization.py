@@ -27,7 +27,6 @@ import numbers
 from typing import Callable, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 from ._compat import warn_ignored_kwargs
 from .utils import alpha_sigma
