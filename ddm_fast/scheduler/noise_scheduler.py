@@ -232,10 +232,10 @@ class NoiseScheduler(torch.nn.Module):
 
     def truncate_time(self, timesteps: torch.Tensor) -> torch.Tensor:
         """t~ = t0 + t (t1 - t0), the untruncated time of t in [0, 1]."""
-        timesteps = self._check_times(timesteps)
-        return self._in_compute_dtype(
-            lambda t: self._truncation(t)[0] + t * self._truncation(t)[2],
-            timesteps)
+        def truncate(time: torch.Tensor) -> torch.Tensor:
+            t0, _, span = self._truncation(time)
+            return t0 + time * span
+        return self._in_compute_dtype(truncate, self._check_times(timesteps))
 
     def update(self, gamma: torch.Tensor, target: torch.Tensor,
                process_group: Optional[object] = None) -> None:
