@@ -15,15 +15,20 @@ with ddm_dynamical's signatures) are the plain-PyTorch reference built from
 those coefficients; the fused ops and samplers use the coefficients directly.
 alpha and sigma arguments are accepted for compatibility; the coefficients
 are computed from gamma alone, stably (docs/math.md, "Conventions").
+
+A plain function ``f(prediction, in_data, alpha, sigma, gamma) -> x_hat``
+(ddm_dynamical accepted any callable as ``param``) is wrapped by
+:class:`FunctionParam`, which reads its coefficients off the function.
 """
 from __future__ import annotations
 
 import math
-from typing import Tuple, Union
+import numbers
+from typing import Callable, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
+from ._compat import warn_ignored_kwargs
 from .utils import alpha_sigma
 
 __all__ = [
@@ -34,6 +39,7 @@ __all__ = [
     "ScoreParam",
     "FlowOTParam",
     "EDMParam",
+    "FunctionParam",
     "get_param",
 ]
 
@@ -50,6 +56,10 @@ class Parameterization(torch.nn.Module):
     """Base class. Subclasses define the four coefficient functions."""
 
     name: str = ""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        warn_ignored_kwargs(self, kwargs)
 
     # -- coefficient algebra (vectors of per-sample gamma) -------------------
     def target_coefficients(self, gamma: torch.Tensor) -> Pair:
@@ -223,10 +233,15 @@ class EDMParam(Parameterization):
     """
     name = "edm"
 
-    def __init__(self, sigma_data: float = 1.):
-        super().__init__()
-        if not float(sigma_data) > 0:
-            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+    def __init__(self, sigma_data: float = 1., **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(sigma_data, bool) or \
+                not isinstance(sigma_data, numbers.Real):
+            raise TypeError("sigma_data must be a real number, got "
+                            f"{type(sigma_data).__name__}")
+        if not (0 < float(sigma_data) < math.inf):
+            raise ValueError(f"sigma_data must be finite and > 0, got "
+                             f"{sigma_data}")
         self.sigma_data = float(sigma_data)
 
     def _terms(self, gamma):
@@ -273,14 +288,105 @@ class EDMParam(Parameterization):
         return f"edm, sigma_data={self.sigma_data}"
 
 
+class FunctionParam(Parameterization):
+    """A parameterization given as a plain function (or any callable
+    module), called as ddm_dynamical called ``param``:
+    ``function(prediction=f, in_data=z, alpha=alpha, sigma=sigma,
+    gamma=gamma) -> x_hat``.
+
+    Every parameterization is linear in (z, f), x_hat = p z + q f
+    (docs/math.md, "The coefficient algebra"), and the rest follows from p
+    and q: with z = alpha x + sigma eps,
+
+    - eps_hat = (z - alpha x_hat) / sigma: r = (1 - alpha p) / sigma,
+      s = -alpha q / sigma;
+    - the target f* with x_hat(z, f*) = x: a = (1 - alpha p) / q,
+      c = -sigma p / q;
+    - the weight w = s^2, since eps_hat(f) - eps = s (f - f*).
+
+    p and q are read off the function by evaluating it on zeros and ones
+    (three calls on per-sample vectors). A function that is not of that form
+    (an offset, or not linear) raises a ValueError: the fused samplers and
+    the loss could not represent it. That check reads one value on the
+    host, so it runs for gammas off the GPU only (on CUDA nothing here
+    synchronises).
+    """
+    name = "function"
+
+    def __init__(self, function: Callable, **kwargs):
+        super().__init__(**kwargs)
+        if not callable(function):
+            raise TypeError("function must be callable as function("
+                            "prediction, in_data, alpha, sigma, gamma), got "
+                            f"{type(function).__name__}")
+        self.function = function
+
+    def _call(self, prediction, in_data, gamma):
+        alpha, sigma = alpha_sigma(gamma)
+        return self.function(prediction=prediction, in_data=in_data,
+                             alpha=alpha, sigma=sigma, gamma=gamma)
+
+    def forward(self, prediction: torch.Tensor, in_data: torch.Tensor,
+                alpha: torch.Tensor = None, sigma: torch.Tensor = None,
+                gamma: torch.Tensor = None, *args, **kwargs) -> torch.Tensor:
+        """The function itself (alpha and sigma from gamma when not given)."""
+        gamma = _require_gamma(gamma)
+        if alpha is None or sigma is None:
+            alpha, sigma = alpha_sigma(gamma)
+        return self.function(prediction=prediction, in_data=in_data,
+                             alpha=alpha, sigma=sigma, gamma=gamma, **kwargs)
+
+    def denoise_coefficients(self, gamma):
+        gamma = _as_tensor(gamma)
+        zeros, ones = torch.zeros_like(gamma), torch.ones_like(gamma)
+        offset = self._call(zeros, zeros, gamma)
+        p = self._call(zeros, ones, gamma) - offset
+        q = self._call(ones, zeros, gamma) - offset
+        if not gamma.is_cuda:
+            both = self._call(ones, ones, gamma)
+            scale = p.abs() + q.abs()
+            tolerance = 1e-4 * scale + torch.finfo(scale.dtype).tiny
+            finite = torch.isfinite(gamma)
+            off = (offset.abs() > tolerance) | ((both - p - q).abs() >
+                                                 tolerance)
+            if bool((off & finite).any()):
+                raise ValueError(
+                    "param: the function must be of the form p(gamma) * "
+                    "in_data + q(gamma) * prediction (linear, no offset), as "
+                    "every parameterization is; it is not at gamma = "
+                    f"{gamma[off & finite].flatten()[:3].tolist()}")
+        return p, q
+
+    def noise_coefficients(self, gamma):
+        gamma = _as_tensor(gamma)
+        p, q = self.denoise_coefficients(gamma)
+        alpha, sigma = alpha_sigma(gamma)
+        return (1 - alpha * p) / sigma, -alpha * q / sigma
+
+    def target_coefficients(self, gamma):
+        gamma = _as_tensor(gamma)
+        p, q = self.denoise_coefficients(gamma)
+        alpha, sigma = alpha_sigma(gamma)
+        return (1 - alpha * p) / q, -sigma * p / q
+
+    def error_weight(self, gamma):
+        return self.noise_coefficients(gamma)[1].square()
+
+    def extra_repr(self) -> str:
+        return f"function={getattr(self.function, '__name__', self.function)!r}"
+
+
 _BY_NAME = {
     "eps": EPSParam, "v": VParam, "data": DataParam, "score": ScoreParam,
     "flow": FlowOTParam, "edm": EDMParam,
 }
 
 
-def get_param(param: Union[str, Parameterization, None]) -> Parameterization:
-    """A parameterization from a module or its name (None: eps)."""
+def get_param(param: Union[str, Parameterization, Callable, None]
+              ) -> Parameterization:
+    """A parameterization from a module, its name (None: eps), or a plain
+    callable ``f(prediction, in_data, alpha, sigma, gamma) -> x_hat``
+    (wrapped in :class:`FunctionParam`)."""
     if param is None:
         return EPSParam()
     if isinstance(param, Parameterization):
@@ -292,5 +398,8 @@ def get_param(param: Union[str, Parameterization, None]) -> Parameterization:
             raise ValueError(
                 f"param must be one of {sorted(_BY_NAME)} or a Parameterization "
                 f"module, got {param!r}") from None
-    raise TypeError("param must be a str or a ddm_fast.parameterization "
-                    f"module, got {type(param).__name__}")
+    if callable(param):
+        return FunctionParam(param)
+    raise TypeError("param must be a str, a ddm_fast.parameterization "
+                    "module or a callable f(prediction, in_data, alpha, "
+                    f"sigma, gamma), got {type(param).__name__}")

@@ -44,12 +44,45 @@ def test_base_hooks_are_noops():
     assert isinstance(EvaluateSchedulerCallback(), Callback)
 
 
+# Runs ddm_fast.callbacks in a fresh interpreter where neither Lightning
+# package can be imported (a None entry in sys.modules makes the import fail),
+# i.e. as on a machine without Lightning installed.
+WITHOUT_LIGHTNING = (
+    "import sys; sys.modules['lightning'] = None; "
+    "sys.modules['pytorch_lightning'] = None; "
+    "import importlib.util; importlib.util.find_spec = "
+    "lambda name, *a, _f=importlib.util.find_spec: None if name in "
+    "('lightning', 'pytorch_lightning') else _f(name, *a); ")
+
+
 def test_importing_callbacks_does_not_import_matplotlib():
-    code = ("import sys, ddm_fast.callbacks; "
-            "print('matplotlib' in sys.modules)")
+    # Lightning itself imports matplotlib, so this holds without it.
+    code = WITHOUT_LIGHTNING + ("import ddm_fast.callbacks; "
+                                "print('matplotlib' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], check=True,
                             capture_output=True, text=True)
     assert result.stdout.strip() == "False"
+
+
+def test_plain_hooks_work_without_lightning(tmp_path):
+    code = WITHOUT_LIGHTNING + (
+        "from types import SimpleNamespace; "
+        "from ddm_fast.callbacks import Callback, EvaluateSchedulerCallback; "
+        "from ddm_fast.scheduler import LinearScheduler; "
+        "assert Callback.__bases__ == (object,), Callback.__bases__; "
+        "trainer = SimpleNamespace(scheduler=LinearScheduler(), "
+        f"out_dir={str(tmp_path)!r}, step=3); "
+        "callback = EvaluateSchedulerCallback(n_steps=11); "
+        "callback.on_train_start(trainer); "
+        "callback.on_validation_end(trainer, 3, {}); "
+        "callback.on_train_end(trainer); "
+        "print(sorted(p.name for p in (trainer.out_dir and "
+        "__import__('pathlib').Path(trainer.out_dir) / 'scheduler')"
+        ".iterdir()))")
+    result = subprocess.run([sys.executable, "-c", code], check=True,
+                            capture_output=True, text=True)
+    assert result.stdout.strip() == str(
+        sorted(f"{n}_step000003.png" for n in NAMES))
 
 
 @pytest.mark.parametrize("make_scheduler", [
@@ -173,3 +206,22 @@ def test_arguments_validated(tmp_path):
         callback.save(LinearScheduler(), 3)
     with pytest.raises(ValueError, match="step"):
         callback.save(LinearScheduler(), tmp_path, step=-1)
+
+
+def test_lightning_package_preference(monkeypatch):
+    """lightning.pytorch first, pytorch_lightning when lightning is absent,
+    None without either (the package lookups are faked: no import)."""
+    import importlib
+    import importlib.util
+
+    from ddm_fast.callbacks import base
+    installed = set()
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: object() if name in installed else None)
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name: f"module {name}")
+    assert base._lightning_package() is None
+    installed.add("pytorch_lightning")
+    assert base._lightning_package() == "module pytorch_lightning"
+    installed.add("lightning")
+    assert base._lightning_package() == "module lightning.pytorch"

@@ -54,8 +54,8 @@ def test_gaussian_encoder_standardises_and_masks(dtype, per_channel):
 def test_gaussian_encoder_buffers_and_fused_diffuse():
     encoder = GaussianEncoder(torch.tensor([1.0, -2.0, 0.5]),
                               torch.tensor([2.0, 0.5, 1.5]), eps=0.0)
-    state = encoder.state_dict()
-    assert set(state) == {"mean", "std"}
+    # mean and std are configuration, not state (ddm_dynamical's layout)
+    assert set(encoder.state_dict()) == set()
     assert encoder.to(torch.float64).mean.dtype == torch.float64
     encoder = encoder.to(torch.float32)
     gen = torch.Generator().manual_seed(2)
@@ -418,3 +418,38 @@ def test_decoder_errors(decoder_cls):
         decoder(latent, None, torch.ones(1, 1, 3, 5))
     with pytest.raises(TypeError, match="in_tensor"):
         decoder(torch.zeros(2, 1, 4, 5, dtype=torch.long), None, None)
+
+
+# ------------------------------------------ issue 12: bad values guarded
+def test_non_finite_mean_or_std_rejected_at_construction():
+    for cls in (GaussianEncoder, GaussianDecoder, LaplaceDecoder):
+        with pytest.raises(ValueError, match="mean must be finite"):
+            cls(mean=float("nan"))
+        with pytest.raises(ValueError, match="mean must be finite"):
+            cls(mean=torch.tensor([0., float("inf")]), std=torch.ones(2))
+        with pytest.raises(ValueError, match="std must be finite"):
+            cls(std=torch.tensor([1., float("nan")]), mean=torch.zeros(2))
+    with pytest.raises(ValueError, match="eps"):
+        GaussianEncoder(eps=float("nan"))
+
+
+@pytest.mark.parametrize("cls", [GaussianDecoder, LaplaceDecoder])
+def test_decoder_update_skips_non_finite_targets(cls):
+    decoder = cls(std=1.0, ema_rate=0.5, prediction_func=state_prediction)
+    reference = cls(std=1.0, ema_rate=0.5, prediction_func=state_prediction)
+    latent = torch.zeros(1, 1, 4)
+    target = torch.tensor([[[1., float("nan"), 2., float("inf")]]])
+    decoder.update(latent, None, target)
+    reference.update(latent[..., [0, 2]], None, target[..., [0, 2]])
+    torch.testing.assert_close(decoder.scale, reference.scale)
+    # all non-finite: the scale is kept, and later clean updates work
+    before = decoder.scale.clone()
+    decoder.update(latent, None, torch.full((1, 1, 4), float("nan")))
+    assert torch.equal(decoder.scale, before)
+    decoder.update(latent, None, torch.ones(1, 1, 4))
+    assert torch.isfinite(decoder.scale).all()
+
+
+def test_combined_encoder_names_a_bad_member():
+    with pytest.raises(TypeError, match=r"base_encoders\['b'\]"):
+        CombinedEncoder({"a": GaussianEncoder(), "b": "not an encoder"})

@@ -41,7 +41,7 @@ def test_sinusoidal_embedding_buffer_and_errors():
     with pytest.raises(ValueError, match="in_tensor"):
         layer(torch.zeros(3, 2))
     with pytest.raises(ValueError, match="in_tensor"):
-        layer(torch.zeros(3, 1, 1))
+        layer(torch.zeros(3, 1, 2))
     with pytest.raises(TypeError, match="in_tensor"):
         layer(torch.zeros(3, dtype=torch.long))
 
@@ -90,3 +90,17 @@ def test_random_fourier_layer_errors():
         layer(torch.zeros(4, 2))
     with pytest.raises(ValueError, match="in_features"):
         layer(torch.zeros(5))
+
+
+def test_sinusoidal_embedding_broadcasts_trailing_one_like_the_toolbox():
+    # A per-sample gamma kept in the data's (B, 1, 1, 1) shape embeds to
+    # (B, 1, 1, dim), each sample's embedding that of its scalar.
+    layer = SinusoidalEmbedding(16)
+    x = torch.tensor([0.1, 0.7, -2.0])
+    flat = layer(x)
+    assert flat.shape == (3, 16)
+    four_d = layer(x.view(3, 1, 1, 1))
+    assert four_d.shape == (3, 1, 1, 16)
+    torch.testing.assert_close(four_d.view(3, 16), flat, rtol=0, atol=0)
+    torch.testing.assert_close(layer(x.view(3, 1, 1)).view(3, 16), flat,
+                               rtol=0, atol=0)

@@ -365,8 +365,9 @@ def test_binarized_update_hand_worked():
         v0 = 0.5^2 * 1 + (1 - 0.5^2) * 3 = 2.5.
     Bin 2 gets gamma 0 (a left edge belongs to its bin) with target 10:
         v2 = 0.5 * 1 + 0.5 * 10 = 5.5.   Bins 1 and 3 keep 1.
-    Integral at the edges (width 2): 0, 5, 7, 18, 20.
-    Range [-3, 3]: C(-3) = 2.5, C(3) = 19, so p = v / 16.5 and
+    Integral at the edges, in units of bins as the toolbox keeps it
+    (cumulative values): 0, 2.5, 3.5, 9, 10 (times the width 2 over gamma).
+    Range [-3, 3]: C(-3) = 2.5, C(3) = 19 over gamma, so p = v / 16.5 and
     t = 0.5 -> C = 10.75 -> gamma = 0 + 2 * (10.75 - 7) / 11 = 15/22.
     """
     scheduler = BinarizedScheduler(n_bins=4, gamma_min=-3., gamma_max=3.,
@@ -380,7 +381,7 @@ def test_binarized_update_hand_worked():
         torch.tensor([2.5, 1., 5.5, 1.], dtype=torch.float64))
     torch.testing.assert_close(
         scheduler.bin_integral,
-        torch.tensor([0., 5., 7., 18., 20.], dtype=torch.float64))
+        torch.tensor([0., 2.5, 3.5, 9., 10.], dtype=torch.float64))
     torch.testing.assert_close(
         scheduler.get_density(torch.tensor([-2.5, -1., 1., 2.5],
                                            dtype=torch.float64)),
@@ -418,8 +419,8 @@ def test_binarized_update_batch_split_invariance():
     whole = make_binarized(ema_rate=0.8).double()
     whole.update(gamma, target)
     split = make_binarized(ema_rate=0.8).double()
-    counts_a, sums_a = split._bin_statistics(gamma[:23], target[:23])
-    counts_b, sums_b = split._bin_statistics(gamma[23:], target[23:])
+    counts_a, sums_a, _ = split._bin_statistics(gamma[:23], target[:23])
+    counts_b, sums_b, _ = split._bin_statistics(gamma[23:], target[23:])
     split._apply_bin_statistics(counts_a + counts_b, sums_a + sums_b)
     torch.testing.assert_close(split.bin_values, whole.bin_values)
     torch.testing.assert_close(split.bin_integral, whole.bin_integral)
@@ -590,3 +591,99 @@ def test_no_host_sync_on_cuda(name):
         scheduler(time)
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+# ------------------------------------------ issues 12 and 13: bad values
+def test_binarized_density_at_both_closed_ends_and_every_edge():
+    """gamma_max = 10 lies on a bin edge of the default bins over (-20, 20):
+    the density there is the last bin inside the range, not the bin above
+    it. At gamma_min and at every interior edge it is the bin to the right,
+    and everywhere the truncated density is renormalised over the range."""
+    values = torch.rand(100, generator=torch.Generator().manual_seed(1),
+                        dtype=torch.float64) + 0.05
+    scheduler = BinarizedScheduler().double()          # bins of width 0.4
+    scheduler.set_bin_values(values)
+    edges = scheduler.bin_limits
+    assert torch.equal(edges, torch.linspace(-20, 20, 101,
+                                             dtype=torch.float64))
+    inside = (edges >= -10) & (edges <= 10)
+    # renormalised over [-10, 10] = bins 25 .. 74 (edges 25 .. 75)
+    normaliser = float((values[25:75] * 0.4).sum())
+    density = scheduler.get_density(edges[inside])
+    expected = torch.cat((values[25:75], values[74:75])) / normaliser
+    torch.testing.assert_close(density, expected, rtol=1e-12, atol=0)
+    # both closed ends explicitly
+    assert float(scheduler.get_density(torch.tensor(10., dtype=torch.float64))) \
+        == pytest.approx(float(values[74]) / normaliser, rel=1e-12)
+    assert float(scheduler.get_density(torch.tensor(-10., dtype=torch.float64))) \
+        == pytest.approx(float(values[25]) / normaliser, rel=1e-12)
+    # and the ends reached through the schedule itself
+    ends = scheduler.get_density(scheduler(torch.tensor([0., 1.],
+                                                        dtype=torch.float64)))
+    torch.testing.assert_close(
+        ends, torch.stack((values[74], values[25])) / normaliser)
+
+
+def test_binarized_update_skips_non_finite_statistics_and_counts_them():
+    scheduler = BinarizedScheduler(n_bins=8, ema_rate=0.5).double()
+    gamma = torch.tensor([-5., float("nan"), 1., 2., 3.], dtype=torch.float64)
+    target = torch.tensor([2., 1., float("nan"), float("inf"), 4.],
+                          dtype=torch.float64)
+    reference = BinarizedScheduler(n_bins=8, ema_rate=0.5).double()
+    reference.update(gamma[[0, 4]], target[[0, 4]])
+    skipped = scheduler.update(gamma, target)
+    assert skipped.dtype == torch.int64 and int(skipped) == 3
+    assert torch.equal(scheduler.bin_values, reference.bin_values)
+    assert torch.isfinite(scheduler(torch.rand(16, dtype=torch.float64))).all()
+    assert int(scheduler.update(gamma[[0]], target[[0]])) == 0
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_times_outside_unit_interval_rejected(name):
+    scheduler = make(name)
+    for bad in (1.5, -0.25, float("nan")):
+        with pytest.raises(ValueError, match=r"timesteps must lie in \[0, 1\]"):
+            scheduler(torch.tensor([0.5, bad], dtype=torch.float64))
+    with pytest.raises(ValueError, match="timesteps"):
+        scheduler.truncate_time(torch.tensor([2.], dtype=torch.float64))
+    assert scheduler(torch.tensor([0., 1.], dtype=torch.float64)).isfinite().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", FACTORIES)
+def test_half_precision_times_computed_in_float32(name, dtype):
+    scheduler = make(name, torch.float32)
+    time = torch.linspace(0, 1, 9)
+    gamma = scheduler(time.to(dtype))
+    assert gamma.dtype == dtype
+    torch.testing.assert_close(gamma, scheduler(time).to(dtype))
+    density = scheduler.get_density(gamma)
+    assert density.dtype == dtype and torch.isfinite(density).all()
+
+
+def test_constructor_arguments_named_in_errors():
+    with pytest.raises(TypeError, match="gamma_min"):
+        BinarizedScheduler(gamma_min="a")
+    with pytest.raises(TypeError, match="gamma_max"):
+        CosineScheduler(gamma_max="a")
+    with pytest.raises(TypeError, match="gamma_mean"):
+        EDMTrainingScheduler(gamma_mean=None)
+    with pytest.raises(ValueError, match="ema_rate"):
+        BinarizedScheduler(ema_rate=float("nan"))
+    with pytest.raises(TypeError, match="rho"):
+        EDMSamplingScheduler(rho="7")
+
+
+def test_toolbox_method_names_agree_with_the_truncation():
+    """inverse_scheduler is the untruncated T, and t -> truncate_time(t)
+    -> T^{-1} is forward: gamma_max at t = 0, gamma_min at t = 1."""
+    for name in FACTORIES:
+        scheduler = make(name)
+        time = torch.linspace(0, 1, 7, dtype=torch.float64)
+        truncated = scheduler.truncate_time(time)
+        torch.testing.assert_close(truncated[0], scheduler.get_time_shift())
+        torch.testing.assert_close(truncated[-1] - truncated[0],
+                                   scheduler.get_time_scale())
+        torch.testing.assert_close(
+            scheduler.inverse_scheduler(scheduler(time)), truncated,
+            rtol=1e-9, atol=1e-9)

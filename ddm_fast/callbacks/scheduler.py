@@ -1,5 +1,7 @@
 """Plots of a noise scheduler: log-SNR and signal over time, density over
-log-SNR (the port of ddm_dynamical's Lightning ``EvaluateSchedulerCallback``).
+log-SNR (the port of ddm_dynamical's Lightning ``EvaluateSchedulerCallback``,
+usable from ddm_fast's plain loop and, as the toolbox's was, from a Lightning
+``Trainer``).
 
 The figures are built with matplotlib's object-oriented API on the Agg
 canvas (``matplotlib.figure.Figure``), never through pyplot: nothing is
@@ -14,9 +16,10 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
+from .._compat import warn_ignored_kwargs
 from .._validation import check_positive_int
 from ..utils import alpha_sigma
-from .base import Callback
+from .base import Callback, is_lightning_trainer
 
 __all__ = ["EvaluateSchedulerCallback"]
 
@@ -44,6 +47,12 @@ def _scheduler_placement(scheduler: Any):
     return torch.device("cpu"), torch.float32
 
 
+# Lightning: figure name -> the key ddm_dynamical logged it under
+LIGHTNING_KEYS = {"logsnr": "scheduler/logSNR",
+                  "density": "scheduler/density",
+                  "signal": "scheduler/signal"}
+
+
 class EvaluateSchedulerCallback(Callback):
     """Plot the training noise scheduler after validations.
 
@@ -52,19 +61,39 @@ class EvaluateSchedulerCallback(Callback):
     n_steps : number of times in linspace(0, 1, n_steps) at which the
         scheduler is evaluated (>= 2).
     every : write the figures at every ``every``-th validation (>= 1).
+    **kwargs : accepted and ignored, with a warning naming them.
 
-    From a training loop, ``on_validation_end`` writes
+    From ddm_fast's training loop, ``on_validation_end`` writes
     ``scheduler_{logsnr,density,signal}_step{step:06d}.png`` into
     ``trainer.out_dir / "scheduler"`` (on rank 0 only, and nothing when
-    ``trainer.out_dir`` is None). Without a trainer, call :meth:`save` or
-    :meth:`figures` directly.
+    ``trainer.out_dir`` is None).
+
+    From a Lightning ``Trainer`` it does what ddm_dynamical's callback did:
+    after each validation (the sanity check included), when the trainer has
+    a logger and the LightningModule a ``scheduler`` attribute, it plots
+    ``pl_module.scheduler`` and hands each figure to every logger that has
+    ``log_image`` (Weights & Biases) as ``logger.log_image(key, [figure])``
+    with the toolbox's keys ``scheduler/logSNR``, ``scheduler/density`` and
+    ``scheduler/signal``. The toolbox failed with a logger lacking
+    ``log_image`` (CSV, TensorBoard); here the figures are then written as
+    PNGs (step = ``trainer.global_step``) into ``trainer.log_dir /
+    "scheduler"``. Only the global-zero rank draws.
+
+    Without a trainer, call :meth:`save` or :meth:`figures` directly.
     """
 
-    def __init__(self, n_steps: int = 1001, every: int = 1):
+    def __init__(self, n_steps: int = 1001, every: int = 1, **kwargs):
         super().__init__()
+        warn_ignored_kwargs(self, kwargs)
         self.n_steps = check_positive_int("n_steps", n_steps, minimum=2)
         self.every = check_positive_int("every", every)
         self._validations_seen = 0
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        """The evaluation times, linspace(0, 1, n_steps) (the toolbox's
+        attribute)."""
+        return torch.linspace(0, 1, self.n_steps)
 
     def evaluate(self, scheduler: Any) -> Dict[str, torch.Tensor]:
         """Scheduler values on the time grid, as CPU float64 tensors:
@@ -129,12 +158,41 @@ class EvaluateSchedulerCallback(Callback):
             paths.append(path)
         return paths
 
-    def on_validation_end(self, trainer: Any, step: int,
-                          metrics: Mapping[str, float]) -> None:
+    def _is_due(self) -> bool:
+        """Count a validation; True at every ``every``-th one (1st, 1+every,
+        ...)."""
         self._validations_seen += 1
-        if (self._validations_seen - 1) % self.every != 0:
+        return (self._validations_seen - 1) % self.every == 0
+
+    def on_validation_end(self, trainer: Any, *args: Any) -> None:
+        """Plain loop: ``(trainer, step, metrics)``; Lightning:
+        ``(trainer, pl_module)`` (see the class docstring)."""
+        if is_lightning_trainer(trainer):
+            self._lightning_validation_end(trainer, *args)
+        else:
+            self._plain_validation_end(trainer, *args)
+
+    def _plain_validation_end(self, trainer: Any, step: int,
+                              metrics: Mapping[str, float]) -> None:
+        if not self._is_due():
             return
         out_dir = getattr(trainer, "out_dir", None)
         if out_dir is None or getattr(trainer, "rank", 0) != 0:
             return
         self.save(trainer.scheduler, Path(out_dir) / "scheduler", step=step)
+
+    def _lightning_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        scheduler = getattr(pl_module, "scheduler", None)
+        if trainer.logger is None or scheduler is None:
+            return
+        if not self._is_due() or not trainer.is_global_zero:
+            return
+        image_loggers = [logger for logger in trainer.loggers
+                         if callable(getattr(logger, "log_image", None))]
+        if not image_loggers:
+            self.save(scheduler, Path(trainer.log_dir) / "scheduler",
+                      step=trainer.global_step)
+            return
+        for name, figure in self.figures(scheduler).items():
+            for logger in image_loggers:
+                logger.log_image(LIGHTNING_KEYS[name], [figure])

@@ -9,15 +9,16 @@ scale.
 from __future__ import annotations
 
 import numbers
-import warnings
 from math import inf
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 
+from .._compat import warn_ignored_kwargs
 from .._validation import check_float_tensor, check_mask, check_same_shapes
 from ..encoder.gaussian import (channel_parameter, channel_view,
-                                check_channel_counts, zero_masked)
+                                check_channel_counts, check_finite_values,
+                                load_channel_buffers, zero_masked)
 from ..utils import masked_average
 from .prediction_funcs import delta_prediction
 
@@ -93,6 +94,12 @@ class LocationScaleDecoder(BaseDecoder):
     ``std``. forward: location (+ noise of ``scale`` if stochastic), clamped
     to [lower_bound, upper_bound], then masked positions set to 0.
     Subclasses define the noise, the NLL and the scale statistic.
+
+    State: as in ddm_dynamical, only ``scale`` is saved; ``mean`` and
+    ``std`` are configuration (non-persistent buffers). A toolbox
+    ``scale`` of another shape holding K values (its (K, 1, 1) from a
+    per-channel ``std``) is reshaped on loading, and the earlier ddm_fast
+    layout that also saved ``mean`` and ``std`` still loads strictly.
     """
     n_dims = 1
 
@@ -102,8 +109,8 @@ class LocationScaleDecoder(BaseDecoder):
                  ema_rate: float = 1., stochastic: bool = False,
                  prediction_func: Callable = delta_prediction, **kwargs):
         super().__init__(stochastic=stochastic)
-        mean = channel_parameter("mean", mean)
-        std = channel_parameter("std", std)
+        mean = check_finite_values("mean", channel_parameter("mean", mean))
+        std = check_finite_values("std", channel_parameter("std", std))
         self.n_dims = check_channel_counts(("mean", "std"), (mean, std))
         if not bool((std > 0).all()):
             raise ValueError("std must be > 0 everywhere")
@@ -120,15 +127,29 @@ class LocationScaleDecoder(BaseDecoder):
             raise TypeError("prediction_func must be callable as "
                             "func(decoder, in_tensor, first_guess)")
         self.prediction_func = prediction_func
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
         self.register_buffer(
             "scale", std.expand(self.n_dims).clone())
-        if kwargs:
-            # The toolbox accepted and ignored extra keywords (configuration
-            # files pass them); say so instead of dropping them silently.
-            warnings.warn(f"{type(self).__name__} ignores the keyword "
-                          f"argument(s) {sorted(kwargs)}", stacklevel=2)
+        # The toolbox accepted and ignored extra keywords (configuration
+        # files pass them); say so instead of dropping them silently.
+        warn_ignored_kwargs(self, kwargs)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        load_channel_buffers(self, ("mean", "std"), state_dict, prefix,
+                             error_msgs)
+        scale = state_dict.get(prefix + "scale")
+        if isinstance(scale, torch.Tensor) and \
+                scale.shape != self.scale.shape and \
+                scale.numel() == self.scale.numel():
+            # ddm_dynamical saved torch.ones(1) * std: (K, 1, 1) for a
+            # per-channel std given as (K, 1, 1).
+            state_dict[prefix + "scale"] = scale.reshape(self.scale.shape)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # -- hooks of the concrete distributions
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
@@ -188,13 +209,26 @@ class LocationScaleDecoder(BaseDecoder):
                target: torch.Tensor,
                mask: Optional[torch.Tensor] = None) -> None:
         """EMA update of ``scale`` from the masked error statistic, in place
-        (no host synchronisation). Per channel when the decoder has K > 1."""
+        (no host synchronisation). Per channel when the decoder has K > 1.
+
+        Non-finite errors (a NaN or inf target or prediction outside the
+        mask) are left out of the statistic like masked positions; a channel
+        without any finite, unmasked error keeps its scale. One NaN would
+        otherwise make the scale NaN for good."""
         error = self._masked_error(in_tensor, first_guess, target, mask)
+        valid = torch.isfinite(error)
+        if mask is not None:
+            valid = valid & (mask != 0)
+        error = torch.where(valid, error, error.new_zeros(()))
         dims = None if self.n_dims == 1 else \
             [d for d in range(error.ndim) if d != 1]
-        statistic = masked_average(self._error_statistic(error), mask, dim=dims)
+        statistic = masked_average(self._error_statistic(error), valid,
+                                   dim=dims)
+        counts = valid.sum(dim=dims) if dims is not None else valid.sum()
         new_scale = self._ema_scale(statistic.to(self.scale.dtype))
-        self.scale.copy_(new_scale.reshape(-1).expand(self.n_dims))
+        new_scale = torch.where(counts.reshape(-1) > 0,
+                                new_scale.reshape(-1), self.scale)
+        self.scale.copy_(new_scale.expand(self.n_dims))
 
     def loss(self, in_tensor: torch.Tensor,
              first_guess: Optional[torch.Tensor],

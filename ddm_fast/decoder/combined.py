@@ -46,6 +46,15 @@ class CombinedDecoder(BaseDecoder):
     def splits(self) -> List[int]:
         return [d.n_dims for d in self.base_decoders.values()]
 
+    def enumerate_decoder_in(self, in_tensor: torch.Tensor):
+        """enumerate over (decoder, its latent channels) pairs, splitting
+        ``in_tensor`` along dim 1 by :attr:`splits` (ddm_dynamical's
+        helper)."""
+        check_tensor("in_tensor", in_tensor, min_ndim=2)
+        return enumerate(zip(
+            self.base_decoders.values(),
+            split_channels("in_tensor", in_tensor, self.splits)))
+
     @property
     def physical_splits(self) -> List[int]:
         return [d.n_physical_dims for d in self.base_decoders.values()]

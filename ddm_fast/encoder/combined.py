@@ -5,6 +5,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .._compat import warn_ignored_kwargs
 from .._validation import check_mask, check_tensor
 
 __all__ = ["CombinedEncoder", "split_channels", "split_mask"]
@@ -37,17 +38,24 @@ class CombinedEncoder(torch.nn.Module):
     channel groups and concatenate their outputs along dim 1.
 
     Each encoder consumes ``encoder.n_dims`` channels (1 when it declares
-    none, the toolbox behaviour).
+    none, the toolbox behaviour). Extra keyword arguments are accepted and
+    ignored, with a warning naming them.
     """
 
-    def __init__(self, base_encoders: Dict[str, torch.nn.Module]):
+    def __init__(self, base_encoders: Dict[str, torch.nn.Module], **kwargs):
         super().__init__()
+        warn_ignored_kwargs(self, kwargs)
         if not isinstance(base_encoders, dict) and not isinstance(
                 base_encoders, torch.nn.ModuleDict):
             raise TypeError(f"base_encoders must be a dict of name -> module, "
                             f"got {type(base_encoders).__name__}")
         if len(base_encoders) == 0:
             raise ValueError("base_encoders must hold at least one encoder")
+        for name, encoder in base_encoders.items():
+            if not isinstance(encoder, torch.nn.Module):
+                raise TypeError(f"base_encoders[{name!r}] must be a "
+                                f"torch.nn.Module encoder, got "
+                                f"{type(encoder).__name__}")
         self.base_encoders = torch.nn.ModuleDict(base_encoders)
 
     @property

@@ -3,8 +3,11 @@ the decoders.
 
 Mean and std are a scalar or one value per channel (dim 1 of the data).
 They are stored as buffers of shape (K,), K = 1 or the number of channels,
-so ``.to(device)`` moves them and ``state_dict`` carries them; the same
-vectors can be handed to the fused :func:`ddm_fast.ops.diffuse`.
+so ``.to(device)`` moves them; the same vectors can be handed to the fused
+:func:`ddm_fast.ops.diffuse`. They are configuration, as in ddm_dynamical
+(whose encoder saved no state): the buffers are not persistent, so the
+state_dict is the toolbox's (empty) one. See :func:`load_channel_buffers`
+for the earlier ddm_fast layout that saved them.
 """
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ from typing import Optional, Union
 
 import torch
 
+from .._compat import warn_ignored_kwargs
 from .._validation import check_float_tensor, check_mask
 
 __all__ = ["GaussianEncoder", "channel_parameter", "channel_view",
-           "zero_masked"]
+           "check_finite_values", "load_channel_buffers", "zero_masked"]
 
 
 def channel_parameter(name: str, value: Union[float, torch.Tensor]
@@ -40,6 +44,38 @@ def channel_parameter(name: str, value: Union[float, torch.Tensor]
             f"{name} must be a scalar or hold one value per channel, shaped "
             f"(C,), (C, 1, ..., 1) or (1, C, 1, ..., 1); got shape {shape}")
     return value.detach().reshape(-1).clone()
+
+
+def check_finite_values(name: str, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (a construction-time parameter) checked to be finite: a NaN
+    mean or std would turn every encoded or decoded value NaN."""
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} must be finite, got "
+                         f"{value.tolist() if value.numel() <= 8 else value}")
+    return value
+
+
+def load_channel_buffers(module: torch.nn.Module, names, state_dict,
+                         prefix: str, error_msgs) -> None:
+    """Accept the earlier ddm_fast layout that saved the non-persistent
+    per-channel buffers ``names`` (mean, std): each one present in
+    ``state_dict`` is taken out (so ``strict=True`` loads it) and copied into
+    the buffer, so the module is the one that was saved. A layout without
+    them (ddm_dynamical's, and ddm_fast's now) keeps the constructor's."""
+    for name in names:
+        value = state_dict.pop(prefix + name, None)
+        if value is None:
+            continue
+        buffer = getattr(module, name)
+        if not isinstance(value, torch.Tensor) or \
+                value.numel() != buffer.numel():
+            error_msgs.append(
+                f"{prefix}{name}: expected {buffer.numel()} per-channel "
+                f"value(s), got "
+                f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+            continue
+        with torch.no_grad():
+            buffer.copy_(value.reshape(buffer.shape))
 
 
 def check_channel_counts(names, vectors) -> int:
@@ -82,23 +118,36 @@ class GaussianEncoder(torch.nn.Module):
     ``mean`` and ``std`` (buffers of shape (K,)) are what
     :func:`ddm_fast.ops.diffuse` takes as ``mean=``/``std=`` to encode on the
     fly; ``eps`` (default 1e-9) only guards std = 0 channels and is far below
-    float32 resolution for any std of order one.
+    float32 resolution for any std of order one. Extra keyword arguments are
+    accepted and ignored, with a warning naming them.
     """
 
     def __init__(self, mean: Union[float, torch.Tensor] = 0.,
-                 std: Union[float, torch.Tensor] = 1., eps: float = 1E-9):
+                 std: Union[float, torch.Tensor] = 1., eps: float = 1E-9,
+                 **kwargs):
         super().__init__()
-        mean = channel_parameter("mean", mean)
-        std = channel_parameter("std", std)
-        if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or eps < 0:
-            raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+        warn_ignored_kwargs(self, kwargs)
+        mean = check_finite_values("mean", channel_parameter("mean", mean))
+        std = check_finite_values("std", channel_parameter("std", std))
+        if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or \
+                not eps >= 0 or eps == float("inf"):
+            raise ValueError(f"eps must be a finite non-negative number, got {eps!r}")
         self.n_dims = check_channel_counts(("mean", "std"), (mean, std))
         # Construction-time value check (one sync at most, never per step).
         if not bool(((std >= 0) & (std + eps > 0)).all()):
             raise ValueError("std must be >= 0 everywhere, and std + eps > 0")
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
         self.eps = float(eps)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        load_channel_buffers(self, ("mean", "std"), state_dict, prefix,
+                             error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def forward(self, in_tensor: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from .._compat import warn_ignored_kwargs
 from .._validation import check_mask, check_tensor
 from .gaussian import zero_masked
 
@@ -18,11 +19,14 @@ class NeuralEncoder(torch.nn.Module):
     convention). Without a physical encoder the raw data goes to the network
     unchanged. ``n_dims`` (input channels consumed inside a
     :class:`CombinedEncoder`) defaults to the physical encoder's, else 1.
+    Extra keyword arguments are accepted and ignored, with a warning.
     """
 
     def __init__(self, network: torch.nn.Module,
-                 physical_encoder: Optional[torch.nn.Module] = None):
+                 physical_encoder: Optional[torch.nn.Module] = None,
+                 **kwargs):
         super().__init__()
+        warn_ignored_kwargs(self, kwargs)
         if not callable(network):
             raise TypeError(f"network must be a callable module, got "
                             f"{type(network).__name__}")

@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from .._compat import warn_ignored_kwargs
 from .._validation import check_float_tensor, check_positive_int
 
 __all__ = ["SinusoidalEmbedding", "RandomFourierLayer"]
@@ -25,13 +26,18 @@ class SinusoidalEmbedding(torch.nn.Module):
     """Transformer-style embedding of one scalar per sample.
 
     frequencies_k = max_freq^(-k / (dim/2 - 1)) / scale, k = 0 .. dim/2 - 1;
-    output = [sin(x f), cos(x f)] of shape (B, dim) for input (B,) or (B, 1).
+    output = [sin(x f), cos(x f)] along the last dimension: input (B,) gives
+    (B, dim); an input whose last dimension is 1, (B, 1) or (B, 1, 1, 1) say,
+    gives its shape with that 1 replaced by dim (ddm_dynamical broadcast the
+    same way, so a gamma kept as (B, 1, 1, 1) embeds to (B, 1, 1, dim)).
     ``dim`` must be even and >= 4 (the exponent divides by dim/2 - 1).
+    Extra keyword arguments are accepted and ignored, with a warning.
     """
 
     def __init__(self, dim: int = 512, scale: float = 1.,
-                 max_freq: float = 10000):
+                 max_freq: float = 10000, **kwargs):
         super().__init__()
+        warn_ignored_kwargs(self, kwargs)
         check_positive_int("dim", dim, minimum=4)
         if dim % 2:
             raise ValueError(f"dim must be even (half sines, half cosines), got {dim}")
@@ -49,10 +55,11 @@ class SinusoidalEmbedding(torch.nn.Module):
         check_float_tensor("in_tensor", in_tensor, min_ndim=1)
         if in_tensor.ndim == 1:
             in_tensor = in_tensor[:, None]
-        elif in_tensor.ndim != 2 or in_tensor.shape[1] != 1:
-            raise ValueError(f"in_tensor must have shape (B,) or (B, 1), got "
-                             f"{tuple(in_tensor.shape)}")
-        phase = in_tensor * self.frequencies
+        elif in_tensor.shape[-1] != 1:
+            raise ValueError(
+                "in_tensor must have shape (B,) or a last dimension of size "
+                f"1, e.g. (B, 1) or (B, 1, 1, 1); got {tuple(in_tensor.shape)}")
+        phase = in_tensor * self.frequencies.to(in_tensor.dtype)
         return torch.cat((phase.sin(), phase.cos()), dim=-1)
 
     def extra_repr(self) -> str:
@@ -69,8 +76,10 @@ class RandomFourierLayer(torch.nn.Module):
 
     def __init__(self, in_features: int = 3, n_neurons: int = 512,
                  wave_length: float = 1.,
-                 generator: Optional[torch.Generator] = None) -> None:
+                 generator: Optional[torch.Generator] = None,
+                 **kwargs) -> None:
         super().__init__()
+        warn_ignored_kwargs(self, kwargs)
         check_positive_int("in_features", in_features)
         check_positive_int("n_neurons", n_neurons, minimum=2)
         if n_neurons % 2:

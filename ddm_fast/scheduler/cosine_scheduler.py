@@ -23,9 +23,9 @@ class CosineScheduler(NoiseScheduler):
     """
 
     def __init__(self, shift: float = 0., gamma_min: float = -10.,
-                 gamma_max: float = 10., learnable: bool = False):
+                 gamma_max: float = 10., learnable: bool = False, **kwargs):
         super().__init__(gamma_min=gamma_min, gamma_max=gamma_max,
-                         learnable=learnable)
+                         learnable=learnable, **kwargs)
         self.shift = _check_finite_number("shift", shift)
 
     def _time_pair(self, gamma: torch.Tensor

@@ -25,9 +25,9 @@ class EDMSamplingScheduler(NoiseScheduler):
 
     def __init__(self, rho: float = 7., sigma_min: float = 0.002,
                  sigma_max: float = 80., gamma_min: float = -10.,
-                 gamma_max: float = 10., learnable: bool = False):
+                 gamma_max: float = 10., learnable: bool = False, **kwargs):
         super().__init__(gamma_min=gamma_min, gamma_max=gamma_max,
-                         learnable=learnable)
+                         learnable=learnable, **kwargs)
         self.rho = _check_finite_number("rho", rho)
         self.sigma_min = _check_finite_number("sigma_min", sigma_min)
         self.sigma_max = _check_finite_number("sigma_max", sigma_max)

@@ -25,9 +25,9 @@ class EDMTrainingScheduler(NoiseScheduler):
 
     def __init__(self, gamma_mean: float = 2.4, gamma_std: float = 2.4,
                  gamma_min: float = -10., gamma_max: float = 10.,
-                 learnable: bool = False):
+                 learnable: bool = False, **kwargs):
         super().__init__(gamma_min=gamma_min, gamma_max=gamma_max,
-                         learnable=learnable)
+                         learnable=learnable, **kwargs)
         gamma_mean = _check_finite_number("gamma_mean", gamma_mean)
         gamma_std = _check_finite_number("gamma_std", gamma_std)
         if gamma_std <= 0:
@@ -36,6 +36,47 @@ class EDMTrainingScheduler(NoiseScheduler):
         # module's dtype.
         self.gamma_mean = gamma_mean
         self.gamma_std = gamma_std
+
+    # ddm_dynamical kept the centre and width as buffers; ddm_fast keeps
+    # them as Python floats (exact in float64 whatever the module's dtype)
+    # and saves none.
+    _TOOLBOX_KEYS = ("gamma_mean", "gamma_std")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Accept ddm_dynamical's layout too: its ``gamma_mean`` and
+        ``gamma_std`` buffers are taken out of the state_dict (so
+        ``strict=True`` loads it) and set the distribution the toolbox
+        sampled from. The toolbox's forward returned -Phi^{-1}(t~) of
+        N(gamma_mean, gamma_std^2), so its gammas were distributed as
+        N(-gamma_mean, gamma_std^2): the centre here becomes -gamma_mean
+        (docs: README, "Differences from ddm_dynamical")."""
+        toolbox = {key: state_dict.pop(prefix + key) for key in
+                   self._TOOLBOX_KEYS if prefix + key in state_dict}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if not toolbox:
+            return
+        if set(toolbox) != set(self._TOOLBOX_KEYS):
+            error_msgs.append(
+                f"{prefix}: a ddm_dynamical EDMTrainingScheduler state holds "
+                f"both gamma_mean and gamma_std, got only {sorted(toolbox)}")
+            return
+        try:
+            mean = _check_finite_number(f"{prefix}gamma_mean",
+                                        toolbox["gamma_mean"])
+            std = _check_finite_number(f"{prefix}gamma_std",
+                                       toolbox["gamma_std"])
+            if std <= 0:
+                raise ValueError(f"{prefix}gamma_std must be positive, got "
+                                 f"{std}")
+        except (TypeError, ValueError) as error:
+            error_msgs.append(str(error))
+            return
+        self.gamma_mean = -mean
+        self.gamma_std = std
 
     def _time_pair(self, gamma: torch.Tensor
                    ) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,8 @@
 """Linear log-SNR schedule: gamma falls linearly from gamma_max to gamma_min."""
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 
 from .noise_scheduler import NoiseScheduler
@@ -16,18 +18,32 @@ class LinearScheduler(NoiseScheduler):
     inverse and density are written out directly.
     """
 
-    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
-        timesteps = self._check_input("timesteps", timesteps)
+    def _time_pair(self, gamma: torch.Tensor
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+        # T(gamma) = (gamma_max - gamma) / (gamma_max - gamma_min): the
+        # truncation is the identity (t0 = 0, t1 = 1).
+        gamma_min, gamma_max = self._gamma_bounds(gamma)
+        span = gamma_max - gamma_min
+        return (gamma_max - gamma) / span, (gamma - gamma_min) / span
+
+    def _gamma_from_pair(self, time: torch.Tensor,
+                         complement: torch.Tensor) -> torch.Tensor:
+        gamma_min, gamma_max = self._gamma_bounds(time)
+        return gamma_max * complement + gamma_min * time
+
+    def _time_derivative(self, gamma: torch.Tensor) -> torch.Tensor:
+        gamma_min, gamma_max = self._gamma_bounds(gamma)
+        return torch.ones_like(gamma) / (gamma_max - gamma_min)
+
+    def _forward(self, timesteps: torch.Tensor) -> torch.Tensor:
         gamma_min, gamma_max = self._gamma_bounds(timesteps)
         # Weighted form: exact at both ends (t = 0 and t = 1).
         return gamma_max * (1 - timesteps) + gamma_min * timesteps
 
-    def inverse(self, gamma: torch.Tensor) -> torch.Tensor:
-        gamma = self._check_input("gamma", gamma)
+    def _inverse(self, gamma: torch.Tensor) -> torch.Tensor:
         gamma_min, gamma_max = self._gamma_bounds(gamma)
         return (gamma_max - gamma) / (gamma_max - gamma_min)
 
-    def get_density(self, gamma: torch.Tensor) -> torch.Tensor:
-        gamma = self._check_input("gamma", gamma)
+    def _density(self, gamma: torch.Tensor) -> torch.Tensor:
         gamma_min, gamma_max = self._gamma_bounds(gamma)
         return torch.ones_like(gamma) / (gamma_max - gamma_min)

@@ -15,9 +15,15 @@ time saturates at 0 or 1 (cosine, flow, the Gaussian CDF) keep full relative
 precision at both ends: near t~ = 1 it works with the small number 1 - t~,
 never with a rounded 1 - t~.
 
-Everything is computed in the dtype of the input (float64 in, float64 out)
-and stays differentiable with respect to ``gamma_min`` and ``gamma_max``,
-which are ``torch.nn.Parameter``s (trainable when ``learnable``).
+Everything is computed in the dtype of the input (float64 in, float64 out;
+float16 and bfloat16 are computed in float32 and returned in their own
+dtype, as several special functions have no half-precision kernels) and
+stays differentiable with respect to ``gamma_min`` and ``gamma_max``, which
+are ``torch.nn.Parameter``s (trainable when ``learnable``).
+
+ddm_dynamical's names for the same quantities are kept as public methods:
+``inverse_scheduler`` (the untruncated T), ``get_time_shift`` (t0),
+``get_time_scale`` (t1 - t0) and ``truncate_time`` (t -> t~).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .._compat import warn_ignored_kwargs
 from .._validation import check_float_tensor, check_gamma_range
 
 __all__ = ["NoiseScheduler"]
@@ -57,11 +64,14 @@ class NoiseScheduler(torch.nn.Module):
     gamma_min, gamma_max : the log-SNR range, gamma(1) = gamma_min and
         gamma(0) = gamma_max; finite, gamma_min < gamma_max.
     learnable : whether gamma_min and gamma_max receive gradients.
+    **kwargs : accepted and ignored (with a warning naming them), as
+        configuration files written for ddm_dynamical may pass extra keys.
     """
 
     def __init__(self, gamma_min: float = -10., gamma_max: float = 10.,
-                 learnable: bool = False):
+                 learnable: bool = False, **kwargs):
         super().__init__()
+        warn_ignored_kwargs(self, kwargs)
         gamma_min = _check_finite_number("gamma_min", gamma_min)
         gamma_max = _check_finite_number("gamma_max", gamma_max)
         check_gamma_range(gamma_min, gamma_max)
@@ -101,6 +111,33 @@ class NoiseScheduler(torch.nn.Module):
                 f"are on {self.gamma_min.device}; move one of them")
         return value
 
+    def _check_times(self, timesteps) -> torch.Tensor:
+        """``timesteps`` checked to lie in [0, 1] (NaN rejected): outside,
+        every schedule would extrapolate to a NaN or a gamma beyond its
+        range. The check reads a reduction on the host, so it runs for
+        tensors off the GPU only: on CUDA the schedulers never synchronise
+        (a training step would stall on every call), and invalid times there
+        give NaN or out-of-range gammas instead of an error."""
+        timesteps = self._check_input("timesteps", timesteps)
+        if not timesteps.is_cuda and timesteps.numel() > 0:
+            outside = ~((timesteps >= 0) & (timesteps <= 1))  # NaN: outside
+            if bool(outside.any()):
+                bad = timesteps[outside].flatten()[:3].tolist()
+                raise ValueError(
+                    "timesteps must lie in [0, 1] (pseudo-time, 0 = least "
+                    f"noisy), got {int(outside.sum())} value(s) outside, "
+                    f"e.g. {bad}")
+        return timesteps
+
+    @staticmethod
+    def _compute_dtype(value: torch.Tensor) -> torch.dtype:
+        """float16/bfloat16 are computed in float32 (no half kernels for
+        ndtri, erfc, ...; and their 8-11 bit mantissa would round the
+        truncation constants)."""
+        return torch.float32 if value.dtype in (torch.float16,
+                                                torch.bfloat16) \
+            else value.dtype
+
     def _gamma_bounds(self, like: torch.Tensor
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(gamma_min, gamma_max) in the dtype of ``like`` (differentiable)."""
@@ -117,11 +154,9 @@ class NoiseScheduler(torch.nn.Module):
         span = torch.where(t0 + t1 <= 1, t1 - t0, one_minus_t0 - one_minus_t1)
         return t0, one_minus_t1, span
 
-    # ----------------------------------------------------------- public
-    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """gamma(t) for pseudo-times t in [0, 1] (any shape, same shape out,
-        in the dtype of ``timesteps``)."""
-        timesteps = self._check_input("timesteps", timesteps)
+    # ------------------------------------------------ computed in a dtype
+    def _forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """gamma(t) on checked times in a computable dtype."""
         t0, one_minus_t1, span = self._truncation(timesteps)
         # Form the smaller of t~ and 1 - t~ directly, the other by
         # subtraction, so neither end loses relative precision.
@@ -134,21 +169,73 @@ class NoiseScheduler(torch.nn.Module):
                                  complement_from_end)
         return self._gamma_from_pair(time, complement)
 
-    def inverse(self, gamma: torch.Tensor) -> torch.Tensor:
-        """t(gamma), the inverse of :meth:`forward`: inverse(forward(t)) = t."""
-        gamma = self._check_input("gamma", gamma)
+    def _inverse(self, gamma: torch.Tensor) -> torch.Tensor:
         t0, one_minus_t1, span = self._truncation(gamma)
         time, complement = self._time_pair(gamma)
         return torch.where(time <= 0.5, (time - t0) / span,
                            1 - (complement - one_minus_t1) / span)
 
+    def _density(self, gamma: torch.Tensor) -> torch.Tensor:
+        _, _, span = self._truncation(gamma)
+        return self._time_derivative(gamma) / span
+
+    def _in_compute_dtype(self, function, value: torch.Tensor
+                          ) -> torch.Tensor:
+        dtype = self._compute_dtype(value)
+        if dtype == value.dtype:
+            return function(value)
+        return function(value.to(dtype)).to(value.dtype)
+
+    # ----------------------------------------------------------- public
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """gamma(t) for pseudo-times t in [0, 1] (any shape, same shape out,
+        in the dtype of ``timesteps``). Times outside [0, 1] or NaN raise a
+        ValueError."""
+        return self._in_compute_dtype(self._forward,
+                                      self._check_times(timesteps))
+
+    def inverse(self, gamma: torch.Tensor) -> torch.Tensor:
+        """t(gamma), the inverse of :meth:`forward`: inverse(forward(t)) = t."""
+        return self._in_compute_dtype(self._inverse,
+                                      self._check_input("gamma", gamma))
+
     def get_density(self, gamma: torch.Tensor) -> torch.Tensor:
         """p(gamma) = |dt/dgamma|, integrating to 1 over
         [gamma_min, gamma_max] (docs/math.md,
         "Truncation and renormalisation")."""
-        gamma = self._check_input("gamma", gamma)
-        _, _, span = self._truncation(gamma)
-        return self._time_derivative(gamma) / span
+        return self._in_compute_dtype(self._density,
+                                      self._check_input("gamma", gamma))
+
+    # -------------------------------------- ddm_dynamical's names (public)
+    def _as_gamma(self, gamma) -> torch.Tensor:
+        """A number or tensor as a float tensor on the scheduler's device."""
+        if not isinstance(gamma, torch.Tensor):
+            gamma = torch.as_tensor(_check_finite_number("gamma", gamma),
+                                    dtype=self.gamma_min.dtype,
+                                    device=self.gamma_min.device)
+        return self._check_input("gamma", gamma)
+
+    def inverse_scheduler(self, gamma) -> torch.Tensor:
+        """The untruncated time T(gamma) (ddm_dynamical's name): t~ = 0 at
+        gamma = +inf, 1 at -inf. ``gamma`` a number or a float tensor."""
+        gamma = self._as_gamma(gamma)
+        return self._in_compute_dtype(lambda g: self._time_pair(g)[0], gamma)
+
+    def get_time_shift(self) -> torch.Tensor:
+        """t0 = T(gamma_max), the untruncated time at t = 0."""
+        return self.inverse_scheduler(self.gamma_max)
+
+    def get_time_scale(self) -> torch.Tensor:
+        """t1 - t0 = T(gamma_min) - T(gamma_max), the span of untruncated
+        time that t in [0, 1] covers."""
+        return self._truncation(self.gamma_min)[2]
+
+    def truncate_time(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """t~ = t0 + t (t1 - t0), the untruncated time of t in [0, 1]."""
+        def truncate(time: torch.Tensor) -> torch.Tensor:
+            t0, _, span = self._truncation(time)
+            return t0 + time * span
+        return self._in_compute_dtype(truncate, self._check_times(timesteps))
 
     def update(self, gamma: torch.Tensor, target: torch.Tensor,
                process_group: Optional[object] = None) -> None:

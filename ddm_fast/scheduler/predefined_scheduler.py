@@ -32,7 +32,7 @@ class PredefinedScheduler(NoiseScheduler):
 
     def __init__(self, time_gammas: torch.Tensor,
                  gamma_min: Optional[float] = None,
-                 gamma_max: Optional[float] = None):
+                 gamma_max: Optional[float] = None, **kwargs):
         check_float_tensor("time_gammas", time_gammas, min_ndim=1)
         if time_gammas.ndim != 1 or time_gammas.numel() < 2:
             raise ValueError(
@@ -52,7 +52,7 @@ class PredefinedScheduler(NoiseScheduler):
         gamma_max = highest if gamma_max is None else \
             _check_finite_number("gamma_max", gamma_max)
         super().__init__(gamma_min=gamma_min, gamma_max=gamma_max,
-                         learnable=False)
+                         learnable=False, **kwargs)
         if gamma_min < lowest or gamma_max > highest:
             raise ValueError(
                 f"gamma_min={gamma_min} and gamma_max={gamma_max} must lie "
