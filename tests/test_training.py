@@ -12,7 +12,7 @@ import torch
 from ddm_fast.loss import DiffusionLoss
 from ddm_fast.scheduler import BinarizedScheduler, LinearScheduler
 from ddm_fast.training import (ExponentialMovingAverage, Trainer, atomic_save,
-                               warmup_cosine_schedule)
+                               load_checkpoint_file, warmup_cosine_schedule)
 
 DIM = 8
 
@@ -155,7 +155,7 @@ def test_resume_rejects_other_configuration(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=4)
     trainer.fit()
     other = make_trainer(tmp_path, max_steps=8)
-    with pytest.raises(ValueError, match="max_steps"):
+    with pytest.raises(ValueError, match="max_steps: checkpoint 4, this trainer 8"):
         other.resume()
     with pytest.raises(FileNotFoundError):
         other.resume(tmp_path / "missing.pt")
@@ -180,7 +180,7 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
         assert handle.read() == before
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["checkpoint.pt", "train_log.csv", "train_log.jsonl"])
-    assert torch.load(path, weights_only=True)["step"] == 3
+    assert load_checkpoint_file(path)["step"] == 3
 
 
 def test_atomic_save_writes_and_replaces(tmp_path):
@@ -212,15 +212,18 @@ def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
                       toy_data(), batch_size=32, max_steps=20,
                       checkpoint_every=2, log_every=1, out_dir=str(tmp_path),
                       device="cpu", progress=False)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss.*step 6"):
+    with pytest.raises(FloatingPointError,
+                       match=r"non-finite loss.*step 6.*weights are those after "
+                             r"step 5.*checkpoint.*\(step 4\)"):
         trainer.fit()
     # No update was taken with the bad loss.
     assert trainer.step == 5
     assert all(torch.isfinite(p).all() for p in network.parameters())
-    state = torch.load(trainer.checkpoint_path, weights_only=True)
+    state = load_checkpoint_file(trainer.checkpoint_path)
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    restored = Trainer(TinyNet(), DiffusionLoss(LinearScheduler(), param="eps"),
+    restored = Trainer(NaNAfter(bad_call=10 ** 9),
+                       DiffusionLoss(LinearScheduler(), param="eps"),
                        toy_data(), batch_size=32, max_steps=20,
                        out_dir=str(tmp_path / "r"), device="cpu", progress=False)
     assert restored.resume(trainer.checkpoint_path) == 4
