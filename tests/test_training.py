@@ -2,6 +2,7 @@
 checkpoints atomically and stops cleanly on a non-finite loss."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -339,6 +340,30 @@ def test_data_order_is_a_permutation_per_epoch(tmp_path):
     assert seen[:4] != seen[4:]
 
 
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_outside_a_terminal_is_one_plain_line_per_interval(tmp_path):
+    """Redirected to a file, the progress writes a line every log_every
+    steps (never carriage-return redraws); on a terminal it is a bar."""
+    stream = io.StringIO()
+    make_trainer(tmp_path / "file", max_steps=7, log_every=3, progress=True,
+                 progress_stream=stream).fit()
+    text = stream.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "train step 3/7", "train step 6/7", "train step 7/7"]
+    assert all("loss" in line and "steps/s" in line for line in lines)
+
+    terminal = FakeTerminal()
+    make_trainer(tmp_path / "tty", max_steps=4, log_every=2, progress=True,
+                 progress_stream=terminal).fit()
+    assert "\r" in terminal.getvalue() and "4/4" in terminal.getvalue()
+
+
 def test_argument_validation(tmp_path):
     net, loss = TinyNet(), DiffusionLoss(LinearScheduler())
     base = dict(out_dir=str(tmp_path), device="cpu", progress=False)
@@ -360,6 +385,16 @@ def test_argument_validation(tmp_path):
         Trainer(net, loss, toy_data(), lr=0.0, **base)
     with pytest.raises(ValueError, match="amp"):
         Trainer(net, loss, toy_data(), amp=True, **base)
+    for name, value, error in (("lr", float("nan"), ValueError),
+                               ("lr", "0.1", TypeError),
+                               ("weight_decay", -1.0, ValueError),
+                               ("grad_clip", float("inf"), ValueError),
+                               ("ema_decay", 1.0, ValueError),
+                               ("betas", (0.9,), TypeError),
+                               ("progress", "yes", TypeError),
+                               ("progress_stream", 5, TypeError)):
+        with pytest.raises(error, match=name):
+            Trainer(net, loss, toy_data(), **{**base, name: value})
     trainer = Trainer(net, loss, toy_data(), batch_size=32, max_steps=3, **base)
     with pytest.raises(ValueError, match="until"):
         trainer.fit(until=4)

@@ -147,20 +147,29 @@ def load_checkpoint_file(path: PathLike) -> Mapping[str, Any]:
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it was "
                               "never written completely")
+    if not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive; a file cut short loses the
+        # archive's directory at its end.
+        raise CheckpointError(
+            f"checkpoint {path} ({size} bytes) is truncated or corrupt: it is "
+            "not a complete torch archive (a write that was cut short, or "
+            "another kind of file)")
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses objects that need code to be rebuilt; never
         # retry without it (that would run whatever the file holds).
+        refused = [line.strip() for line in str(exc).splitlines()
+                   if "GLOBAL" in line or "Unsupported" in line]
         raise CheckpointError(
             f"checkpoint {path} is not a ddm_fast checkpoint: it holds objects "
-            f"that only an unsafe load (weights_only=False) could rebuild "
-            f"({str(exc).splitlines()[0]})") from None
+            "that only an unsafe load could rebuild, which ddm_fast never "
+            f"does{' (' + refused[0] + ')' if refused else ''}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError,
             KeyError, IndexError) as exc:
         raise CheckpointError(
             f"checkpoint {path} ({size} bytes) is truncated or corrupt and "
-            f"cannot be read as a torch file: {type(exc).__name__}: "
+            f"cannot be read: {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     if not isinstance(stored, Mapping) or stored.get("format") != FORMAT:
         what = (f"a dict with keys {sorted(map(str, stored))[:8]}"
