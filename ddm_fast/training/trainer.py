@@ -186,8 +186,8 @@ class Trainer:
                              f"the world size ({self.world_size})")
         self.batch_size = batch_size
         self.local_batch_size = batch_size // self.world_size
-        self.val_batch_size = val_batch_size or batch_size
-        check_positive_int("val_batch_size", self.val_batch_size)
+        self.val_batch_size = batch_size if val_batch_size is None \
+            else check_positive_int("val_batch_size", val_batch_size)
 
         self.train_dataset = as_dataset("train_data", train_data)
         if len(self.train_dataset) < batch_size:
