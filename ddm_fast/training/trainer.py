@@ -520,9 +520,11 @@ class Trainer:
         """Write the checkpoint atomically (rank 0 only; all ranks wait),
         after checking that every value in it is finite."""
         path = os.fspath(path) if path is not None else self.checkpoint_path
+        state = self.state_dict()
+        # Every rank checks (their states are equal under DDP), so that all
+        # of them stop together instead of waiting for rank 0 at the barrier.
+        self._check_finite_state(state)
         if self.rank == 0:
-            state = self.state_dict()
-            self._check_finite_state(state)
             save_checkpoint_file(state, path)
             if os.path.abspath(path) == os.path.abspath(self.checkpoint_path):
                 self.checkpoint_step = self.step
