@@ -7,7 +7,42 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["reduce_dims", "mask_count", "masked_average_torch"]
+__all__ = ["reduce_dims", "mask_count", "masked_average_torch", "row_sums"]
+
+# Elements a row is summed in before the partial sums are summed in turn.
+_CHUNK = 1024
+
+
+def _numel(shape, dims) -> int:
+    count = 1
+    for d in dims:
+        count *= shape[d]
+    return count
+
+
+def row_sums(values: torch.Tensor) -> torch.Tensor:
+    """Sums over the last dimension of a 2-d ``values`` (rows, length),
+    in an order that does not depend on the number of threads.
+
+    ``torch.sum`` splits a reduction to a single value (one long row)
+    between the threads, so its rounding depends on ``torch.get_num_threads()``;
+    with several outputs it gives each output to one thread, which sums it
+    in a fixed order. So a long row is summed in chunks of ``_CHUNK`` (many
+    outputs), zero-padded to a whole number of chunks (adding 0 is exact),
+    and the chunk sums are summed again the same way.
+    """
+    out_dtype = values.dtype
+    if values.dtype in (torch.float16, torch.bfloat16):
+        values = values.float()  # partial sums must not round to 8-11 bits
+    rows, length = values.shape
+    while length > _CHUNK:
+        pad = (-length) % _CHUNK
+        if pad:
+            values = torch.nn.functional.pad(values, (0, pad))
+        values = values.reshape(rows, -1, _CHUNK).sum(dim=2)
+        length = values.shape[1]
+    total = values.sum(dim=1)
+    return total.to(out_dtype) if out_dtype.is_floating_point else total
 
 
 def reduce_dims(ndim: int, dim) -> Tuple[int, ...]:
@@ -77,7 +112,16 @@ def masked_average_torch(x: torch.Tensor, mask: Optional[torch.Tensor],
     if mask is not None:
         x = torch.where(mask != 0, x, torch.zeros((), dtype=x.dtype,
                                                   device=x.device))
-    total = x.sum(dim=dims) if dims else x
+    if dims and x.numel():
+        # the reduced dims last, flattened: one row per kept position
+        kept = [d for d in range(x.ndim) if d not in dims]
+        kept_shape = [x.shape[d] for d in kept]
+        rows = x.permute(kept + list(dims)).reshape(-1, _numel(x.shape, dims))
+        total = row_sums(rows).reshape(kept_shape)
+    elif dims:
+        total = x.sum(dim=dims)
+    else:
+        total = x
     count = mask_count(mask, x.shape, dims, dtype=total.dtype
                        if total.is_floating_point() else torch.float32,
                        device=x.device)

@@ -3,7 +3,8 @@
 Each check raises ``TypeError`` (wrong kind of object or dtype) or
 ``ValueError`` (wrong shape, range, device) with a message that names the
 argument and says what was expected. None of them synchronises with a GPU:
-they look at shapes, dtypes and devices only, never at values.
+they look at shapes, dtypes and devices, and at values only of Python
+numbers and of CPU tensors (:func:`check_values`).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ __all__ = [
     "check_per_sample",
     "check_gamma_range",
     "check_positive_int",
+    "check_finite_number",
+    "check_values",
 ]
 
 _MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32,
@@ -157,3 +160,40 @@ def check_same_shapes(names: Sequence[str], tensors: Sequence[torch.Tensor]):
                 f"got {tuple(t.shape)}"
             )
         check_same_device(n, t, ref, names[0])
+
+
+def check_finite_number(name: str, value, expected: str = "a finite number",
+                        accept=None) -> float:
+    """``value`` as a float: a real Python number (or 0-d tensor), finite,
+    and satisfying ``accept`` when given; else an error naming ``name``."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and \
+            not value.is_complex() and value.dtype != torch.bool:
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be {expected}, got "
+                        f"{type(value).__name__}")
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")) or \
+            (accept is not None and not accept(number)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return number
+
+
+def check_values(name: str, value, expected: str, accept) -> None:
+    """Check the values of a tensor or number: ``accept(tensor)`` must be
+    all true (e.g. finite and positive), else a ``ValueError`` naming
+    ``name`` and ``expected``.
+
+    Reading a GPU tensor's values would synchronise the host with the
+    device on every call, so the values of tensors on an accelerator (or
+    under ``torch.compile``) are not read; a non-finite result from them is
+    stopped by the Trainer's per-step check instead."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = torch.tensor(float(value), dtype=torch.float64)
+    if not isinstance(value, torch.Tensor) or value.device.type != "cpu" or \
+            torch.compiler.is_compiling() or value.numel() == 0:
+        return
+    good = accept(value.detach())
+    if not bool(good.all()):
+        bad = value.detach().reshape(-1)[~good.reshape(-1)][:3].tolist()
+        raise ValueError(f"{name} must be {expected}; got {bad} among its values")

@@ -19,7 +19,7 @@ import torch
 
 from . import ops
 from ._validation import (check_float_tensor, check_gamma_range, check_mask,
-                          check_per_sample)
+                          check_per_sample, check_values)
 from .parameterization import Parameterization, get_param
 from .utils import draw_seed, normalize_gamma, sample_time
 from .weighting import get_weighting
@@ -57,6 +57,10 @@ def diffusion_loss(prediction: torch.Tensor, latent: torch.Tensor, gamma,
         dens = torch.ones_like(gamma)
     else:
         dens = check_per_sample("density", density, batch, latent).to(gamma.dtype)
+        # the loss divides by p(gamma): a zero or NaN would make it inf/NaN
+        check_values("density", dens, "finite and > 0 (the density p(gamma) "
+                     "of each sample's log-SNR)",
+                     lambda t: torch.isfinite(t) & (t > 0))
     a, c = param.target_coefficients(gamma)
     factor = lam * param.error_weight(gamma)
     return ops.weighted_loss(prediction, latent, seed, a, c, factor,

@@ -36,16 +36,15 @@ def sample_time(
     t_b = (u + b/B) mod 1 with a single u ~ U[0, 1): every batch covers [0, 1)
     evenly, which lowers the variance of the diffusion loss (Kingma et al.,
     2021). Returns shape (B, 1, ..., 1) matching ``template_tensor.ndim``, on
-    its device, in its dtype (float32 for non-float templates).
+    its device, in its dtype (float32 for non-float templates); an empty
+    batch (B = 0) gets an empty tensor (the generator still advances, so
+    the streams after it do not depend on whether a batch was empty).
 
     ddm_dynamical drew u from a normal distribution; a uniform u is what the
     stratification needs (a normal u concentrates the offset near 0).
     """
     check_tensor("template_tensor", template_tensor, min_ndim=1)
     batch = template_tensor.shape[0]
-    if batch < 1:
-        raise ValueError("template_tensor must hold at least one sample, "
-                         f"got shape {tuple(template_tensor.shape)}")
     dtype = template_tensor.dtype if template_tensor.is_floating_point() \
         else torch.float32
     # Draw on the generator's device, then move: no host synchronisation.

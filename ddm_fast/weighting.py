@@ -7,6 +7,8 @@ from typing import Union
 
 import torch
 
+from ._validation import check_finite_number, check_float_tensor
+
 __all__ = [
     "SigmoidWeighting",
     "ExponentialWeighting",
@@ -21,9 +23,10 @@ class SigmoidWeighting(torch.nn.Module):
 
     def __init__(self, shift: float = 2.):
         super().__init__()
-        self.shift = float(shift)
+        self.shift = check_finite_number("shift", shift)
 
     def forward(self, gamma: torch.Tensor) -> torch.Tensor:
+        check_float_tensor("gamma", gamma)
         return torch.sigmoid(self.shift - gamma)
 
 
@@ -32,10 +35,11 @@ class ExponentialWeighting(torch.nn.Module):
 
     def __init__(self, multiplier: float = 0.5, shift: float = 0.):
         super().__init__()
-        self.multiplier = float(multiplier)
-        self.shift = float(shift)
+        self.multiplier = check_finite_number("multiplier", multiplier)
+        self.shift = check_finite_number("shift", shift)
 
     def forward(self, gamma: torch.Tensor) -> torch.Tensor:
+        check_float_tensor("gamma", gamma)
         return torch.exp(-gamma * self.multiplier - self.shift)
 
 
@@ -44,6 +48,7 @@ class ELBOWeighting(torch.nn.Module):
     "The diffusion loss")."""
 
     def forward(self, gamma: torch.Tensor) -> torch.Tensor:
+        check_float_tensor("gamma", gamma)
         return torch.ones_like(gamma)
 
 
@@ -52,13 +57,13 @@ class EDMWeighting(torch.nn.Module):
 
     def __init__(self, mean: float = 2.4, scale: float = 2.4) -> None:
         super().__init__()
-        if not float(scale) > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
-        self.mean = float(mean)
-        self.scale = float(scale)
+        self.mean = check_finite_number("mean", mean)
+        self.scale = check_finite_number("scale", scale, "a finite number > 0",
+                                         lambda v: v > 0)
         self.constant = -math.log(self.scale) - 0.5 * math.log(2 * math.pi)
 
     def forward(self, gamma: torch.Tensor) -> torch.Tensor:
+        check_float_tensor("gamma", gamma)
         log_pdf = self.constant - (gamma - self.mean) ** 2 / (2 * self.scale ** 2)
         return torch.exp(log_pdf) * (torch.exp(-gamma) + 0.25)
 

@@ -2,6 +2,7 @@
 checkpoints atomically and stops cleanly on a non-finite loss."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -12,7 +13,7 @@ import torch
 from ddm_fast.loss import DiffusionLoss
 from ddm_fast.scheduler import BinarizedScheduler, LinearScheduler
 from ddm_fast.training import (ExponentialMovingAverage, Trainer, atomic_save,
-                               warmup_cosine_schedule)
+                               load_checkpoint_file, warmup_cosine_schedule)
 
 DIM = 8
 
@@ -155,7 +156,7 @@ def test_resume_rejects_other_configuration(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=4)
     trainer.fit()
     other = make_trainer(tmp_path, max_steps=8)
-    with pytest.raises(ValueError, match="max_steps"):
+    with pytest.raises(ValueError, match="max_steps: checkpoint 4, this trainer 8"):
         other.resume()
     with pytest.raises(FileNotFoundError):
         other.resume(tmp_path / "missing.pt")
@@ -180,7 +181,7 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
         assert handle.read() == before
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["checkpoint.pt", "train_log.csv", "train_log.jsonl"])
-    assert torch.load(path, weights_only=True)["step"] == 3
+    assert load_checkpoint_file(path)["step"] == 3
 
 
 def test_atomic_save_writes_and_replaces(tmp_path):
@@ -212,15 +213,18 @@ def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
                       toy_data(), batch_size=32, max_steps=20,
                       checkpoint_every=2, log_every=1, out_dir=str(tmp_path),
                       device="cpu", progress=False)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss.*step 6"):
+    with pytest.raises(FloatingPointError,
+                       match=r"non-finite loss.*step 6.*weights are those after "
+                             r"step 5.*checkpoint.*\(step 4\)"):
         trainer.fit()
     # No update was taken with the bad loss.
     assert trainer.step == 5
     assert all(torch.isfinite(p).all() for p in network.parameters())
-    state = torch.load(trainer.checkpoint_path, weights_only=True)
+    state = load_checkpoint_file(trainer.checkpoint_path)
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    restored = Trainer(TinyNet(), DiffusionLoss(LinearScheduler(), param="eps"),
+    restored = Trainer(NaNAfter(bad_call=10 ** 9),
+                       DiffusionLoss(LinearScheduler(), param="eps"),
                        toy_data(), batch_size=32, max_steps=20,
                        out_dir=str(tmp_path / "r"), device="cpu", progress=False)
     assert restored.resume(trainer.checkpoint_path) == 4
@@ -336,6 +340,30 @@ def test_data_order_is_a_permutation_per_epoch(tmp_path):
     assert seen[:4] != seen[4:]
 
 
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_outside_a_terminal_is_one_plain_line_per_interval(tmp_path):
+    """Redirected to a file, the progress writes a line every log_every
+    steps (never carriage-return redraws); on a terminal it is a bar."""
+    stream = io.StringIO()
+    make_trainer(tmp_path / "file", max_steps=7, log_every=3, progress=True,
+                 progress_stream=stream).fit()
+    text = stream.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "train step 3/7", "train step 6/7", "train step 7/7"]
+    assert all("loss" in line and "steps/s" in line for line in lines)
+
+    terminal = FakeTerminal()
+    make_trainer(tmp_path / "tty", max_steps=4, log_every=2, progress=True,
+                 progress_stream=terminal).fit()
+    assert "\r" in terminal.getvalue() and "4/4" in terminal.getvalue()
+
+
 def test_argument_validation(tmp_path):
     net, loss = TinyNet(), DiffusionLoss(LinearScheduler())
     base = dict(out_dir=str(tmp_path), device="cpu", progress=False)
@@ -357,6 +385,16 @@ def test_argument_validation(tmp_path):
         Trainer(net, loss, toy_data(), lr=0.0, **base)
     with pytest.raises(ValueError, match="amp"):
         Trainer(net, loss, toy_data(), amp=True, **base)
+    for name, value, error in (("lr", float("nan"), ValueError),
+                               ("lr", "0.1", TypeError),
+                               ("weight_decay", -1.0, ValueError),
+                               ("grad_clip", float("inf"), ValueError),
+                               ("ema_decay", 1.0, ValueError),
+                               ("betas", (0.9,), TypeError),
+                               ("progress", "yes", TypeError),
+                               ("progress_stream", 5, TypeError)):
+        with pytest.raises(error, match=name):
+            Trainer(net, loss, toy_data(), **{**base, name: value})
     trainer = Trainer(net, loss, toy_data(), batch_size=32, max_steps=3, **base)
     with pytest.raises(ValueError, match="until"):
         trainer.fit(until=4)

@@ -31,6 +31,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .._masks import row_sums
 from ..seeds import has_noise
 
 __all__ = ["randn", "affine", "affine_sum", "affine_dots", "philox4x32",
@@ -185,7 +186,7 @@ def affine_sum(x0, x1, x2, coeffs, mask, seed: int, offset: int, power: int,
     value = _combine(columns, coeffs)
     if power == 2:
         value = value * value
-    return value.sum(dim=1)
+    return row_sums(value)
 
 
 def affine_dots(x0, x1, x2, weight, coeffs, mask, seed: int, offset: int,
@@ -196,7 +197,7 @@ def affine_dots(x0, x1, x2, weight, coeffs, mask, seed: int, offset: int,
     valid = _valid(mask, x0.shape)
     columns = _columns(x0, x1, x2, seed, offset, bias, rows, valid, coeffs.dtype)
     if weight_kind == 0:
-        return torch.stack([c.sum(dim=1) for c in columns], dim=1)
+        return torch.stack([row_sums(c) for c in columns], dim=1)
     if weight_kind == 1:
         w = weight.to(coeffs.dtype)
         if valid is not None:
@@ -204,4 +205,4 @@ def affine_dots(x0, x1, x2, weight, coeffs, mask, seed: int, offset: int,
         w = w.reshape(rows, -1)
     else:
         w = _combine(columns, coeffs)
-    return torch.stack([(w * c).sum(dim=1) for c in columns], dim=1)
+    return torch.stack([row_sums(w * c) for c in columns], dim=1)

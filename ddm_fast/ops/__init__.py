@@ -35,8 +35,9 @@ import torch
 from .. import backends
 from .._masks import mask_count, masked_average_torch, reduce_dims
 from .._math import alpha_sigma
-from .._validation import (check_float_tensor, check_mask, check_per_sample,
-                           check_same_device, check_same_shapes, check_seed)
+from .._validation import (check_finite_number, check_float_tensor, check_mask,
+                           check_per_sample, check_same_device,
+                           check_same_shapes, check_seed, check_values)
 from ..backends.layout import prepare_mask
 from ..seeds import kernel_seed
 from . import library
@@ -277,18 +278,32 @@ def _per_sample(name, value, latent: torch.Tensor) -> torch.Tensor:
     return value.to(coefficient_dtype(latent))
 
 
-def _channel_vector(name, value, channels: int, like: torch.Tensor):
+def _channel_vector(name, value, channels: int, like: torch.Tensor,
+                    expected: str, accept):
+    """A scalar or per-channel ``value`` as a (channels,) vector in the
+    coefficient dtype; its values must satisfy ``accept`` (``expected``)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        check_finite_number(name, value, expected, lambda v: bool(
+            accept(torch.tensor(v, dtype=torch.float64))))
         return torch.full((channels,), float(value), device=like.device,
                           dtype=coefficient_dtype(like))
     check_float_tensor(name, value)
     check_same_device(name, value, like, "latent")
+    check_values(name, value, expected, accept)
     if value.numel() == 1:
         return value.reshape(1).expand(channels).to(coefficient_dtype(like))
     if value.numel() != channels:
         raise ValueError(f"{name} must be a scalar or hold one value per channel "
                          f"(dim 1, size {channels}), got shape {tuple(value.shape)}")
     return value.reshape(channels).to(coefficient_dtype(like))
+
+
+def _finite(t: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(t)
+
+
+def _finite_positive(t: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(t) & (t > 0)
 
 
 def diffuse(latent: torch.Tensor, gamma, seed: int,
@@ -299,7 +314,9 @@ def diffuse(latent: torch.Tensor, gamma, seed: int,
     eps is noise[offset + i] of stream ``seed``, generated inside the op and
     never stored; :func:`weighted_loss` regenerates it. Masked positions are
     0. With ``mean``/``std`` (scalars or one value per channel, dim 1) the raw
-    data is Gaussian-encoded on the fly: x = (latent - mean) / std.
+    data is Gaussian-encoded on the fly: x = (latent - mean) / std; ``mean``
+    must be finite and ``std`` finite and > 0 (values of CPU tensors and
+    numbers are checked; see :func:`ddm_fast._validation.check_values`).
     """
     check_float_tensor("latent", latent, min_ndim=1)
     gamma = _per_sample("gamma", gamma, latent)
@@ -312,8 +329,10 @@ def diffuse(latent: torch.Tensor, gamma, seed: int,
         raise ValueError("latent must have a channel dimension (dim 1) for the "
                          f"fused encoding, got shape {tuple(latent.shape)}")
     channels = latent.shape[1]
-    mean = _channel_vector("mean", 0.0 if mean is None else mean, channels, latent)
-    std = _channel_vector("std", 1.0 if std is None else std, channels, latent)
+    mean = _channel_vector("mean", 0.0 if mean is None else mean, channels,
+                           latent, "finite", _finite)
+    std = _channel_vector("std", 1.0 if std is None else std, channels, latent,
+                          "finite and > 0", _finite_positive)
     # rows = (sample, channel): z = (alpha/std) raw + sigma eps - alpha mean/std
     scale = alpha[:, None] / std[None, :]
     coeffs = torch.stack((scale, sigma[:, None].expand_as(scale),

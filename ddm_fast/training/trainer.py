@@ -1,26 +1,25 @@
-"""A plain-PyTorch training loop for denoising diffusion models.
-
-    loss_fn = DiffusionLoss(BinarizedScheduler(gamma_min=-10, gamma_max=10),
-                            param="v")
-    trainer = Trainer(network, loss_fn, {"data": x_train, "mask": m_train},
-                      val_data={"data": x_val}, batch_size=256,
-                      max_steps=5000, out_dir="runs/l96")
-    trainer.fit()
-    ema_network = trainer.ema_model
+"""The training loop: :class:`Trainer`.
 
 What one step does: draw the batch's stratified pseudo-times and its noise
-seed from the trainer's own generator, encode the data, evaluate the fused
-:class:`~ddm_fast.loss.DiffusionLoss` (the network under bf16 autocast on
-CUDA), stop with :class:`FloatingPointError` on a non-finite loss, back-prop,
-clip the gradient norm, take an AdamW step, advance the learning-rate
-schedule (linear warm-up, cosine decay), update the EMA of the weights and
-feed the per-sample statistic to the (adaptive) noise scheduler.
+seed from the trainer's own generator, evaluate the batch's loss through
+:func:`~ddm_fast.training.batch.batch_loss` (shared with validation; the
+network under bf16 autocast on CUDA), back-prop, and check, in the step's
+one host synchronisation, that the loss, the gradient norm and the weights
+the previous update produced are finite. Only then is the update kept: clip
+the gradient norm, take an AdamW step, advance the learning-rate schedule
+(linear warm-up, cosine decay), update the EMA of the weights and feed the
+per-sample statistic to the (adaptive) noise scheduler. A non-finite value
+stops training with :class:`FloatingPointError` before the update, and no
+checkpoint is ever written holding a non-finite value.
 
 Reproducibility: the data order, the batch transforms, the times and the
 noise seeds are functions of (seed, step) and of the trainer's generator,
 which the checkpoint stores with every other RNG state, so
 :meth:`Trainer.resume` continues bit for bit where an uninterrupted run
-would be.
+would be. The checkpoint also stores the configuration's fingerprint
+(:mod:`.fingerprint`) and a checksum (:mod:`.checkpoint`): a resume under
+another configuration, or from a damaged file, is refused with a sentence
+saying why, and leaves the trainer as it was.
 
 Data parallelism: when ``torch.distributed`` is initialised the network is
 wrapped in DistributedDataParallel and every rank draws the *global* batch's
@@ -36,232 +35,42 @@ writes logs and checkpoints.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import csv
-import json
 import math
 import os
-import random
 import time as _time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO, Union
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader
 
-from ._validation import check_positive_int, check_seed
-from .loss import DiffusionLoss
-from .seeds import (TAG_LOADER, TAG_PERMUTATION, TAG_TRANSFORM,
-                    TAG_VALIDATION, derive_seed, draw_seed)
-from .ops import MASKED_MEAN_EPS
-from .utils import mask_count, sample_time
+from .._validation import check_positive_int, check_seed
+from ..loss import DiffusionLoss
+from ..ops import MASKED_MEAN_EPS
+from ..seeds import (TAG_LOADER, TAG_TRANSFORM, TAG_VALIDATION, derive_seed,
+                     draw_seed)
+from ..utils import mask_count, sample_time
+from .batch import batch_loss
+from .checkpoint import (CheckpointError, load_checkpoint_file,
+                         remove_orphaned_temporaries, save_checkpoint_file)
+from .data import (Batch, DataSource, StepBatchSampler, as_dataset, collate,
+                   fetch)
+from .ema import ExponentialMovingAverage
+from .fingerprint import configuration_differences, trainer_configuration
+from .logger import MetricLogger, Progress
+from .rng import check_rng_states, rng_states, set_rng_states
+from .schedule import warmup_cosine_schedule
 
-__all__ = ["Trainer", "ExponentialMovingAverage", "atomic_save",
-           "warmup_cosine_schedule"]
-
-Batch = Dict[str, torch.Tensor]
-DataSource = Union[Mapping[str, torch.Tensor], Dataset]
+__all__ = ["Trainer", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
-
-# ------------------------------------------------------------ checkpoint IO
-def atomic_save(obj: Any, path: Union[str, os.PathLike]) -> None:
-    """``torch.save`` to ``path`` atomically: write a temporary file in the
-    same directory, fsync it, then ``os.replace`` it over ``path``. A failure
-    at any point leaves a previous file at ``path`` untouched."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp_path = os.path.join(
-        directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp_path, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_path)
-        raise
-    # Make the rename itself durable (POSIX only; harmless to skip elsewhere).
-    with contextlib.suppress(OSError, AttributeError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+# What a checkpoint's state must hold (``encoder`` only with a module encoder).
+_STATE_KEYS = ("step", "configuration", "model", "loss_fn", "optimizer",
+               "lr_scheduler", "ema", "rng")
 
 
-def _rng_states(generator: torch.Generator) -> Dict[str, Any]:
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    states = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)),
-                  "pos": int(np_pos), "has_gauss": int(np_has_gauss),
-                  "cached_gaussian": float(np_gauss)},
-        "python": random.getstate(),
-        "trainer": generator.get_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: Mapping[str, Any], generator: torch.Generator) -> None:
-    torch.set_rng_state(states["torch"].cpu())
-    np_state = states["numpy"]
-    np.random.set_state((np_state["kind"],
-                         np_state["keys"].cpu().numpy().astype(np.uint32),
-                         np_state["pos"], np_state["has_gauss"],
-                         np_state["cached_gaussian"]))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    generator.set_state(states["trainer"].cpu())
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
-
-
-# ----------------------------------------------------------------------- EMA
-class ExponentialMovingAverage:
-    """EMA of a module's parameters (buffers are copied).
-
-    ``decay`` is reached after a warm-up: the effective rate of update n is
-    min(decay, (1 + n) / (10 + n)), so short runs are not dominated by the
-    random initialisation.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got "
-                            f"{type(model).__name__}")
-        if not 0.0 <= float(decay) < 1.0:
-            raise ValueError(f"decay must lie in [0, 1), got {decay}")
-        self.decay = float(decay)
-        self.module = copy.deepcopy(model)
-        self.module.eval()
-        self.module.requires_grad_(False)
-        self.num_updates = 0
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        rate = min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
-        ema_params = [p for p in self.module.parameters()]
-        new_params = [p.detach() for p in model.parameters()]
-        if ema_params:
-            torch._foreach_lerp_(ema_params, new_params, 1.0 - rate)
-        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
-            ema_buffer.copy_(buffer)
-        self.num_updates += 1
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"module": self.module.state_dict(),
-                "num_updates": self.num_updates, "decay": self.decay}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.module.load_state_dict(state["module"])
-        self.num_updates = int(state["num_updates"])
-        self.decay = float(state["decay"])
-
-
-def warmup_cosine_schedule(warmup_steps: int, total_steps: int,
-                           min_ratio: float = 0.1) -> Callable[[int], float]:
-    """Learning-rate factor: linear warm-up over ``warmup_steps`` to 1, then a
-    cosine decay to ``min_ratio`` at ``total_steps``."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return factor
-
-
-# ---------------------------------------------------------------- data order
-class _StepBatchSampler(Sampler):
-    """Local batch indices for steps ``start_step``, ``start_step + 1``, ...
-
-    Epoch e is a permutation drawn from a generator seeded with (seed, e);
-    step s takes global batch s mod (N // global_batch) of its epoch
-    (incomplete batches are dropped) and rank r keeps the r-th contiguous
-    slice of it. Everything is a function of (seed, step): resumable.
-    """
-
-    def __init__(self, n_items: int, global_batch: int, rank: int,
-                 world_size: int, seed: int, start_step: int, end_step: int):
-        self.n_items = n_items
-        self.global_batch = global_batch
-        self.local_batch = global_batch // world_size
-        self.rank = rank
-        self.seed = seed
-        self.start_step = start_step
-        self.end_step = end_step
-        self.batches_per_epoch = n_items // global_batch
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(
-            derive_seed(self.seed, TAG_PERMUTATION, epoch))
-        return torch.randperm(self.n_items, generator=gen)
-
-    def __len__(self) -> int:
-        return max(0, self.end_step - self.start_step)
-
-    def __iter__(self) -> Iterator[List[int]]:
-        epoch, perm = None, None
-        for step in range(self.start_step, self.end_step):
-            step_epoch, position = divmod(step, self.batches_per_epoch)
-            if step_epoch != epoch:
-                epoch, perm = step_epoch, self.permutation(step_epoch)
-            start = position * self.global_batch + self.rank * self.local_batch
-            yield perm[start:start + self.local_batch].tolist()
-
-
-class _TensorDictDataset(Dataset):
-    """A mapping of tensors sharing their first dimension, as a dataset whose
-    ``__getitems__`` slices all of them at once (no per-item collation)."""
-
-    def __init__(self, tensors: Mapping[str, torch.Tensor]):
-        self.tensors = dict(tensors)
-
-    def __len__(self) -> int:
-        return next(iter(self.tensors.values())).shape[0]
-
-    def __getitem__(self, index: int) -> Batch:
-        return {k: v[index] for k, v in self.tensors.items()}
-
-    def __getitems__(self, indices: List[int]) -> Batch:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return {k: v[index] for k, v in self.tensors.items()}
-
-
-def _identity_collate(batch):
-    return batch if isinstance(batch, dict) else default_collate(batch)
-
-
-def _as_dataset(name: str, data: DataSource) -> Dataset:
-    if isinstance(data, Mapping):
-        if "data" not in data:
-            raise ValueError(f"{name} must hold a 'data' tensor, got keys "
-                             f"{sorted(data)}")
-        lengths = set()
-        for key, value in data.items():
-            if not isinstance(value, torch.Tensor) or value.ndim < 1:
-                raise TypeError(f"{name}[{key!r}] must be a tensor with a "
-                                f"sample dimension, got {type(value).__name__}")
-            lengths.add(value.shape[0])
-        if len(lengths) != 1:
-            raise ValueError(f"the tensors of {name} must share their first "
-                             f"(sample) dimension, got lengths {sorted(lengths)}")
-        return _TensorDictDataset(data)
-    if isinstance(data, Dataset):
-        return data
-    raise TypeError(f"{name} must be a mapping of tensors or a "
-                    f"torch.utils.data.Dataset of dicts, got {type(data).__name__}")
-
-
-# -------------------------------------------------------------------- trainer
 class Trainer:
     """Train ``network`` on the diffusion loss ``loss_fn``.
 
@@ -293,6 +102,9 @@ class Trainer:
         checkpoint ``checkpoint.pt`` go there.
     device : default CUDA if available; ``amp``: bf16 autocast of the network
         (default: on for CUDA; never on CPU).
+    progress : show the training progress (rank 0): a redrawn bar on a
+        terminal, else one plain line every ``log_every`` steps.
+    progress_stream : where the progress goes (default ``sys.stderr``).
     """
 
     def __init__(self, network: torch.nn.Module, loss_fn: DiffusionLoss,
@@ -312,10 +124,17 @@ class Trainer:
                  out_dir: Union[str, os.PathLike] = "runs/ddm_fast",
                  device: Union[str, torch.device, None] = None,
                  amp: Optional[bool] = None, num_workers: int = 0,
-                 progress: bool = True):
+                 progress: bool = True,
+                 progress_stream: Optional[TextIO] = None):
         if not isinstance(network, torch.nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got "
                             f"{type(network).__name__}")
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
+        if progress_stream is not None and not callable(
+                getattr(progress_stream, "write", None)):
+            raise TypeError("progress_stream must be a text stream with a "
+                            f"write method, got {type(progress_stream).__name__}")
         if not isinstance(loss_fn, DiffusionLoss):
             raise TypeError(f"loss_fn must be a ddm_fast.loss.DiffusionLoss, "
                             f"got {type(loss_fn).__name__}")
@@ -332,14 +151,20 @@ class Trainer:
             check_positive_int(name, value)
         check_positive_int("num_workers", num_workers, minimum=0)
         check_seed("seed", seed)
-        if not float(lr) > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if float(weight_decay) < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if not 0.0 <= float(min_lr_ratio) <= 1.0:
-            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
-        if grad_clip is not None and not float(grad_clip) > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
+        _check_number("lr", lr, "> 0", lambda v: v > 0)
+        _check_number("weight_decay", weight_decay, ">= 0", lambda v: v >= 0)
+        _check_number("min_lr_ratio", min_lr_ratio, "in [0, 1]",
+                      lambda v: 0.0 <= v <= 1.0)
+        if grad_clip is not None:
+            _check_number("grad_clip", grad_clip, "> 0 or None", lambda v: v > 0)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise TypeError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+        for index, beta in enumerate(betas):
+            _check_number(f"betas[{index}]", beta, "in [0, 1)",
+                          lambda v: 0.0 <= v < 1.0)
+        if ema_decay is not None:
+            _check_number("ema_decay", ema_decay, "in [0, 1) or None",
+                          lambda v: 0.0 <= v < 1.0)
 
         self.device = torch.device(device) if device is not None else \
             torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -361,15 +186,15 @@ class Trainer:
                              f"the world size ({self.world_size})")
         self.batch_size = batch_size
         self.local_batch_size = batch_size // self.world_size
-        self.val_batch_size = val_batch_size or batch_size
-        check_positive_int("val_batch_size", self.val_batch_size)
+        self.val_batch_size = batch_size if val_batch_size is None \
+            else check_positive_int("val_batch_size", val_batch_size)
 
-        self.train_dataset = _as_dataset("train_data", train_data)
+        self.train_dataset = as_dataset("train_data", train_data)
         if len(self.train_dataset) < batch_size:
             raise ValueError(f"train_data holds {len(self.train_dataset)} "
                              f"samples, fewer than batch_size ({batch_size})")
         self.val_dataset = None if val_data is None else \
-            _as_dataset("val_data", val_data)
+            as_dataset("val_data", val_data)
 
         self.network = network.to(self.device)
         self.encoder = encoder.to(self.device) if isinstance(
@@ -404,6 +229,8 @@ class Trainer:
             if ema_decay is not None else None
 
         self.max_steps = max_steps
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = float(min_lr_ratio)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.val_every = val_every
         self.checkpoint_every = checkpoint_every
@@ -413,14 +240,25 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.num_workers = num_workers
         self.progress = progress and self.rank == 0
+        self.progress_stream = progress_stream
         self.out_dir = os.fspath(out_dir)
         self.checkpoint_path = os.path.join(self.out_dir, CHECKPOINT_NAME)
         if self.rank == 0:
             os.makedirs(self.out_dir, exist_ok=True)
+            # A writer killed mid-save leaves its temporary file behind.
+            remove_orphaned_temporaries(self.checkpoint_path)
 
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
         self.last_val_metrics: Dict[str, float] = {}
+        # The step of the last checkpoint this trainer wrote or resumed from
+        # (None: none yet), so that an error can say truthfully what is safe.
+        self.checkpoint_step: Optional[int] = None
+        # The norm of the weights after the last update, checked (with the
+        # next step's loss and gradient) in that step's one synchronisation.
+        self._weight_norm: Optional[torch.Tensor] = None
+        # Taken now, before training changes any learnable value.
+        self.configuration = trainer_configuration(self)
 
     # ---------------------------------------------------------- properties
     @property
@@ -451,9 +289,6 @@ class Trainer:
             raise ValueError("every batch must be a dict with a 'data' tensor")
         return {k: v.to(self.device, non_blocking=True) if
                 isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-    def _encode(self, data: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        return data if self.encoder is None else self.encoder(data, mask=mask)
 
     def _global_normaliser(self, latent: torch.Tensor,
                            mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -490,7 +325,7 @@ class Trainer:
                 method(self, *args)
 
     def _train_loader(self, end_step: int) -> DataLoader:
-        sampler = _StepBatchSampler(len(self.train_dataset), self.batch_size,
+        sampler = StepBatchSampler(len(self.train_dataset), self.batch_size,
                                     self.rank, self.world_size, self.seed,
                                     self.step, end_step)
         # The loader draws its workers' base seed from ``generator``: from
@@ -498,10 +333,35 @@ class Trainer:
         loader_gen = torch.Generator().manual_seed(
             derive_seed(self.seed, TAG_LOADER, self.step))
         return DataLoader(self.train_dataset, batch_sampler=sampler,
-                          collate_fn=_identity_collate,
+                          collate_fn=collate,
                           num_workers=self.num_workers,
                           pin_memory=self.device.type == "cuda",
                           generator=loader_gen)
+
+    def _checkpoint_note(self) -> str:
+        """What is safe on disk, for error messages (always true: no
+        checkpoint holding a non-finite value is ever written)."""
+        if self.checkpoint_step is None:
+            return "This run has written no checkpoint yet"
+        return (f"The last checkpoint, {self.checkpoint_path} (step "
+                f"{self.checkpoint_step}), holds only finite values and was "
+                "not touched")
+
+    def _parameter_norm(self) -> torch.Tensor:
+        if not self.trainable_parameters:
+            return torch.zeros((), device=self.device)
+        norms = torch._foreach_norm(self.trainable_parameters)
+        return torch.linalg.vector_norm(torch.stack(norms).float())
+
+    def _gradient_norm(self) -> torch.Tensor:
+        """The total gradient norm, clipping it to ``grad_clip`` when set."""
+        grads = [p.grad for p in self.trainable_parameters if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        if self.grad_clip is not None:
+            return torch.nn.utils.clip_grad_norm_(self.trainable_parameters,
+                                                  self.grad_clip)
+        return torch.nn.utils.get_total_norm(grads)
 
     def _train_step(self, batch: Batch) -> Dict[str, Any]:
         if self.batch_transform is not None:
@@ -509,22 +369,18 @@ class Trainer:
                 derive_seed(self.seed, TAG_TRANSFORM, self.step, self.rank))
             batch = self.batch_transform(batch, transform_gen)
         batch = self._to_device(batch)
-        data = batch["data"]
-        mask = batch.get("mask")
-        conditioning = {k: v for k, v in batch.items() if k not in ("data", "mask")}
         # Times and seed of the *global* batch from the shared generator; this
         # rank keeps its slice and the noise of its members' global indices.
         start = self.rank * self.local_batch_size
         global_times = sample_time(torch.empty(self.batch_size),
                                    generator=self.generator)
-        times = global_times[start:start + data.shape[0]].to(self.device)
+        times = global_times[start:start + batch["data"].shape[0]].to(self.device)
         seed = draw_seed(generator=self.generator)
 
         self.model.train()
-        latent = self._encode(data, mask)
-        output = self.loss_fn(self._run_network(self.model), latent, mask=mask,
-                              seed=seed, offset=start * latent[0].numel(),
-                              time=times, **conditioning)
+        output, latent, mask = batch_loss(
+            self.loss_fn, self._run_network(self.model), self.encoder, batch,
+            times, seed, offset=start * batch["data"][0].numel())
         loss = output.loss
         reported = loss.detach()
         if self.distributed:
@@ -532,29 +388,48 @@ class Trainer:
             reported = loss.detach().clone()
             dist.all_reduce(reported)
             reported = reported / self.world_size
-        # The one host synchronisation per step: stop before a bad update.
-        if not bool(torch.isfinite(reported)):
-            raise FloatingPointError(
-                f"non-finite loss ({float(reported)}) at step {self.step + 1} "
-                f"(after {self.step} completed updates); training stopped "
-                f"before this update. The last good checkpoint "
-                f"({self.checkpoint_path if os.path.exists(self.checkpoint_path) else 'none written yet'}) "
-                f"is intact")
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_extra_gradients()
-        grad_norm = None
-        if self.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.grad_clip)
+        grad_norm = self._gradient_norm()
+        # The step's one host synchronisation: the loss, the gradient norm
+        # and the weights of the previous update, all finite, or no update.
+        health = [reported.float().reshape(()), grad_norm.float().reshape(())]
+        if self._weight_norm is not None:
+            health.append(self._weight_norm)
+        values = torch.stack(health).tolist()
+        loss_value, grad_value = values[0], values[1]
+        if len(values) > 2 and not math.isfinite(values[2]):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(
+                f"the weights became non-finite (norm {values[2]}) in the "
+                f"update of step {self.step}; training stopped and the "
+                f"trainer's weights are unusable. {self._checkpoint_note()}; "
+                "lower the learning rate or check the data")
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(
+                f"non-finite loss ({loss_value}) at step {self.step + 1}: "
+                f"training stopped before this update, so the weights are "
+                f"those after step {self.step}. {self._checkpoint_note()}")
+        if not math.isfinite(grad_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(
+                f"non-finite gradient (norm {grad_value}) with a finite loss "
+                f"({loss_value}) at step {self.step + 1}: training stopped "
+                f"before this update, so the weights are those after step "
+                f"{self.step}. {self._checkpoint_note()}")
+
         self.optimizer.step()
         self.lr_scheduler.step()
         if self.ema is not None:
             self.ema.update(self.network)
         process_group = dist.group.WORLD if self.distributed else None
         self.loss_fn.update_scheduler(output, process_group=process_group)
+        self._weight_norm = self._parameter_norm().detach()
         self.step += 1
-        return {"loss": reported, "grad_norm": grad_norm, "output": output}
+        return {"loss": loss_value, "grad_norm": grad_value, "output": output}
 
     # -------------------------------------------------------------- public
     @torch.no_grad()
@@ -580,20 +455,12 @@ class Trainer:
             hi = min(global_size, lo + local)
             if hi <= lo:
                 continue
-            indices = list(range(batch_start + lo, batch_start + hi))
-            batch = _identity_collate(
-                self.val_dataset.__getitems__(indices)
-                if hasattr(self.val_dataset, "__getitems__")
-                else [self.val_dataset[i] for i in indices])
-            batch = self._to_device(batch)
-            mask = batch.get("mask")
-            conditioning = {k: v for k, v in batch.items()
-                            if k not in ("data", "mask")}
-            latent = self._encode(batch["data"], mask)
-            out = self.loss_fn(self._run_network(network), latent, mask=mask,
-                               seed=seed, offset=lo * latent[0].numel(),
-                               time=global_times[lo:hi].to(self.device),
-                               **conditioning)
+            batch = self._to_device(fetch(
+                self.val_dataset, list(range(batch_start + lo, batch_start + hi))))
+            out, latent, mask = batch_loss(
+                self.loss_fn, self._run_network(network), self.encoder, batch,
+                global_times[lo:hi].to(self.device), seed,
+                offset=lo * batch["data"][0].numel())
             count = mask_count(mask, latent.shape, dtype=torch.float64,
                                device=self.device).reshape(())
             total += torch.stack((out.loss.double() * (count + MASKED_MEAN_EPS),
@@ -607,102 +474,173 @@ class Trainer:
         return metrics
 
     def state_dict(self) -> Dict[str, Any]:
-        """Everything needed to continue the run bit for bit."""
+        """Everything needed to continue the run bit for bit, with the
+        configuration's fingerprint."""
         state = {
             "step": self.step,
-            "seed": self.seed,
-            "world_size": self.world_size,
-            "max_steps": self.max_steps,
+            "configuration": dict(self.configuration),
             "model": self.network.state_dict(),
             "loss_fn": self.loss_fn.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": _rng_states(self.generator),
+            "rng": rng_states(self.generator),
         }
         if isinstance(self.encoder, torch.nn.Module):
             state["encoder"] = self.encoder.state_dict()
         return state
 
+    def _check_finite_state(self, state: Mapping[str, Any]) -> None:
+        """Raise FloatingPointError naming the first non-finite tensor of
+        the state (one synchronisation for all of them)."""
+        named: List = []
+
+        def collect(prefix: str, value: Any) -> None:
+            if isinstance(value, torch.Tensor):
+                if value.is_floating_point():
+                    named.append((prefix, value))
+            elif isinstance(value, Mapping):
+                for key, sub in value.items():
+                    collect(f"{prefix}.{key}", sub)
+
+        for part in ("model", "loss_fn", "optimizer", "ema", "encoder"):
+            collect(part, state.get(part))
+        if not named:
+            return
+        finite = torch.stack([t.detach().isfinite().all().to(self.device)
+                              for _, t in named])
+        if bool(finite.all()):
+            return
+        first = named[int((~finite).nonzero()[0])][0]
+        raise FloatingPointError(
+            f"refusing to write a checkpoint at step {self.step}: {first} "
+            f"holds non-finite values. {self._checkpoint_note()}")
+
     def save_checkpoint(self, path: Union[str, os.PathLike, None] = None) -> str:
-        """Write the checkpoint atomically (rank 0 only; all ranks wait)."""
+        """Write the checkpoint atomically (rank 0 only; all ranks wait),
+        after checking that every value in it is finite."""
         path = os.fspath(path) if path is not None else self.checkpoint_path
+        state = self.state_dict()
+        # Every rank checks (their states are equal under DDP), so that all
+        # of them stop together instead of waiting for rank 0 at the barrier.
+        self._check_finite_state(state)
         if self.rank == 0:
-            atomic_save(self.state_dict(), path)
+            save_checkpoint_file(state, path)
+            if os.path.abspath(path) == os.path.abspath(self.checkpoint_path):
+                self.checkpoint_step = self.step
         if self.distributed:
             dist.barrier()
         return path
 
-    def resume(self, path: Union[str, os.PathLike, None] = None) -> int:
-        """Restore a checkpoint written by :meth:`save_checkpoint` into this
-        trainer (built with the same configuration); returns the step."""
-        path = os.fspath(path) if path is not None else self.checkpoint_path
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key, expected in (("seed", self.seed), ("world_size", self.world_size),
-                              ("max_steps", self.max_steps)):
-            if state[key] != expected:
-                raise ValueError(f"checkpoint {path} was written with {key}="
-                                 f"{state[key]}, this trainer has {expected}; "
-                                 "resume with the same configuration")
+    def _check_restorable(self, path: str, state: Mapping[str, Any]) -> None:
+        """Everything about ``state`` that can be checked before touching
+        the trainer: its pieces and the configuration it was written with."""
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} lacks {missing}; it was "
+                                  "not written by Trainer.save_checkpoint")
+        stored = state["configuration"]
+        if not isinstance(stored, Mapping):
+            raise CheckpointError(f"checkpoint {path} holds no configuration "
+                                  "fingerprint")
+        differences = configuration_differences(stored, self.configuration)
+        if differences:
+            raise CheckpointError(
+                f"checkpoint {path} was written under another configuration; "
+                "resume with the same one. Differences: "
+                + "; ".join(differences))
+        if isinstance(self.encoder, torch.nn.Module) and "encoder" not in state:
+            raise CheckpointError(f"checkpoint {path} holds no encoder state but "
+                                  "this trainer has an encoder module")
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or \
+                not 0 <= step <= self.max_steps:
+            raise CheckpointError(f"checkpoint {path} holds step {step!r}; "
+                                  f"expected an int in [0, {self.max_steps}]")
+        try:
+            check_rng_states(state["rng"])
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint {path}: {exc}") from None
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
         self.network.load_state_dict(state["model"])
         self.loss_fn.load_state_dict(state["loss_fn"])
-        if "encoder" in state and isinstance(self.encoder, torch.nn.Module):
+        if isinstance(self.encoder, torch.nn.Module):
             self.encoder.load_state_dict(state["encoder"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.ema is not None:
-            if state["ema"] is None:
-                raise ValueError(f"checkpoint {path} holds no EMA but this "
-                                 "trainer has ema_decay set")
             self.ema.load_state_dict(state["ema"])
-        _set_rng_states(state["rng"], self.generator)
+        set_rng_states(state["rng"], self.generator)
         self.step = int(state["step"])
+
+    def resume(self, path: Union[str, os.PathLike, None] = None) -> int:
+        """Restore a checkpoint written by :meth:`save_checkpoint` into this
+        trainer (built with the same configuration); returns the step.
+
+        All or nothing: a damaged file, another configuration or a state
+        that does not fit raises (``FileNotFoundError`` without a file,
+        :class:`~ddm_fast.training.CheckpointError` otherwise) and leaves
+        the trainer exactly as it was."""
+        path = os.fspath(path) if path is not None else self.checkpoint_path
+        state = load_checkpoint_file(path)
+        self._check_restorable(path, state)
+        backup = copy.deepcopy(self.state_dict())
+        try:
+            self._load_state(state)
+        except Exception as exc:
+            self._load_state(backup)
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this trainer "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "nothing was restored") from exc
+        self._weight_norm = None
+        if os.path.abspath(path) == os.path.abspath(self.checkpoint_path):
+            self.checkpoint_step = self.step
         return self.step
 
     def fit(self, until: Optional[int] = None) -> Dict[str, float]:
         """Train from the current step to ``until`` (default ``max_steps``),
         validating, logging and checkpointing on the way; a checkpoint is
-        written at the end. Returns the last logged metrics."""
+        written at the end. Returns the last logged metrics. Log rows of
+        steps after the current one (left by a run that went on past its
+        last checkpoint and was killed) are dropped first, so the logs hold
+        each step once."""
         end_step = self.max_steps if until is None else until
         check_positive_int("until", end_step, minimum=0)
         if end_step > self.max_steps:
             raise ValueError(f"until ({end_step}) exceeds max_steps ({self.max_steps})")
         self._call_hooks("on_train_start")
-        logger = _MetricLogger(self.out_dir, enabled=self.rank == 0)
-        pbar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-            pbar = tqdm(total=end_step, initial=self.step, desc="train",
-                        dynamic_ncols=True)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        logger = MetricLogger(self.out_dir, enabled=self.rank == 0,
+                              keep_until=self.step)
+        progress = Progress(end_step, self.step, self.log_every,
+                            self.progress_stream) if self.progress else None
+        loss_sum = 0.0
         interval_steps, interval_start = 0, _time.perf_counter()
         metrics: Dict[str, float] = {}
         try:
             for batch in self._train_loader(end_step):
                 result = self._train_step(batch)
-                loss_sum += result["loss"].double()
+                loss_sum += result["loss"]
                 interval_steps += 1
                 step = self.step
                 self._call_hooks("on_train_batch_end", step, result["output"])
-                if pbar is not None:
-                    pbar.update(1)
                 if step % self.log_every == 0 or step == end_step:
                     elapsed = _time.perf_counter() - interval_start
                     metrics = {
-                        "loss": float(loss_sum) / interval_steps,
+                        "loss": loss_sum / interval_steps,
                         "lr": self.optimizer.param_groups[0]["lr"],
-                        "grad_norm": float(result["grad_norm"])
-                        if result["grad_norm"] is not None else float("nan"),
+                        "grad_norm": result["grad_norm"],
                         "samples_per_s": interval_steps * self.batch_size / max(elapsed, 1e-9),
                     }
                     logger.write(step, "train", metrics)
-                    if pbar is not None:
-                        pbar.set_postfix(loss=f"{metrics['loss']:.4f}",
-                                         samples_per_s=f"{metrics['samples_per_s']:.0f}")
-                    loss_sum.zero_()
+                    if progress is not None:
+                        progress.update(step, loss=f"{metrics['loss']:.4f}",
+                                        samples_per_s=f"{metrics['samples_per_s']:.0f}")
+                    loss_sum = 0.0
                     interval_steps, interval_start = 0, _time.perf_counter()
+                elif progress is not None:
+                    progress.update(step)
                 if self.val_dataset is not None and (
                         step % self.val_every == 0 or step == end_step):
                     val_metrics = self.validate()
@@ -713,43 +651,20 @@ class Trainer:
                     self.save_checkpoint()
             self.save_checkpoint()
         finally:
-            if pbar is not None:
-                pbar.close()
+            if progress is not None:
+                progress.close()
             logger.close()
         self._call_hooks("on_train_end")
         return metrics
 
 
-class _MetricLogger:
-    """Rows of (step, split, metrics) to ``train_log.csv`` and
-    ``train_log.jsonl``, appended (a resumed run continues the files)."""
-
-    COLUMNS = ("step", "split", "loss", "val_loss", "lr", "grad_norm",
-               "samples_per_s", "wall_time")
-
-    def __init__(self, out_dir: str, enabled: bool = True):
-        self.enabled = enabled
-        if not enabled:
-            return
-        csv_path = os.path.join(out_dir, "train_log.csv")
-        new_file = not os.path.exists(csv_path)
-        self.csv_file = open(csv_path, "a", newline="")
-        self.csv = csv.DictWriter(self.csv_file, fieldnames=self.COLUMNS,
-                                  extrasaction="ignore")
-        if new_file:
-            self.csv.writeheader()
-        self.json_file = open(os.path.join(out_dir, "train_log.jsonl"), "a")
-
-    def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
-        if not self.enabled:
-            return
-        row = {"step": step, "split": split, "wall_time": _time.time(), **metrics}
-        self.csv.writerow(row)
-        self.csv_file.flush()
-        self.json_file.write(json.dumps(row) + "\n")
-        self.json_file.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.csv_file.close()
-            self.json_file.close()
+def _check_number(name: str, value: Any, expected: str,
+                  accept: Callable[[float], bool]) -> float:
+    """``value`` as a float when it is a finite real number satisfying
+    ``accept``; else an error naming ``name`` and ``expected``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number {expected}, got "
+                        f"{type(value).__name__}")
+    if not (math.isfinite(value) and accept(float(value))):
+        raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
+    return float(value)
