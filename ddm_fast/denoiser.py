@@ -41,8 +41,8 @@ import torch
 
 from ._math import alpha_sigma
 from ._validation import check_float_tensor, check_per_sample
+from . import ops
 from .ops import coefficient_dtype
-from .parameterization import Parameterization, get_param
 
 __all__ = ["Denoiser", "DEFAULT_GAMMA_RANGE", "GAMMA_RANGE_ATTRIBUTE",
            "GammaRangeMismatchWarning", "algebra_dtype", "per_sample_gamma",
@@ -174,7 +174,7 @@ class Denoiser(torch.nn.Module):
     """
 
     def __init__(self, network: Callable,
-                 param: Union[str, Parameterization, Callable, None] = None,
+                 param=None,
                  gamma_min=None, gamma_max=None,
                  pre_func: Optional[Callable] = None,
                  post_func: Optional[Callable] = None):
@@ -182,6 +182,9 @@ class Denoiser(torch.nn.Module):
         if isinstance(network, Denoiser):
             raise TypeError("network is already a Denoiser: pass it directly "
                             "instead of wrapping it again")
+        # imported here: parameterization imports utils, which imports this
+        # module for the default range
+        from .parameterization import get_param
         self.network = _check_callable("network", network, optional=False)
         self.param = get_param(param)
         self.gamma_min = resolve_gamma_bound("gamma_min", gamma_min)
@@ -261,7 +264,7 @@ class Denoiser(torch.nn.Module):
         if not isinstance(prediction, torch.Tensor) or \
                 prediction.shape != z.shape:
             raise ValueError(
-                "the denoising network (after post_func) must return a tensor "
+                "denoising_network (after post_func) must return a tensor "
                 f"of the state's shape {tuple(z.shape)}, got "
                 f"{tuple(prediction.shape) if isinstance(prediction, torch.Tensor) else type(prediction).__name__}")
         return prediction
@@ -271,7 +274,6 @@ class Denoiser(torch.nn.Module):
                 **conditioning) -> torch.Tensor:
         """x_hat = p z + q f at the noised state ``z``, per-sample ``gamma``
         (one fused op; masked positions are 0)."""
-        from . import ops
         f = self.prediction(z, gamma, mask, **conditioning)
         gamma = per_sample_gamma("gamma", gamma, z)
         p, q = self.denoise_coefficients(gamma)
