@@ -177,6 +177,21 @@ def test_bfloat16_state_keeps_a_float_grid(cls):
     assert error < 0.02, error
 
 
+def test_bfloat16_grids_are_not_quantised():
+    sampler = HeunSampler(LinearScheduler(), timesteps=20,
+                          denoising_network=Shrink(), pbar=False)
+    torch.testing.assert_close(sampler.gamma_grid(dtype=torch.bfloat16),
+                               sampler.gamma_grid(dtype=torch.float32))
+    sigmas = []
+    k_sampler = KDiffusionSampler(sampling.sample_euler, LinearScheduler(),
+                                  timesteps=20, denoising_network=Shrink(),
+                                  pbar=False)
+    k_sampler.reconstruct(torch.randn(2, 8, dtype=torch.bfloat16),
+                          callback=lambda info: sigmas.append(info["sigma"]))
+    # exp(10 / 2) = 148.41; a bfloat16 grid starts at 148.0
+    assert float(sigmas[0]) == pytest.approx(math.exp(5.), rel=1e-6)
+
+
 @pytest.mark.parametrize("cls,kwargs", [(DDIMSampler, {"eta": 0.5}),
                                         (DDPMSampler, {})])
 def test_stochastic_step_towards_more_noise_is_finite(cls, kwargs):
@@ -207,3 +222,38 @@ def test_sampling_arguments_are_checked_at_the_boundary():
         HeunSampler(LinearScheduler(), pbar=False,
                     denoising_network=lambda z, normalized_gamma: z[:, :1]
                     ).sample((2, 3))
+
+
+class Neighbours(torch.nn.Module):
+    """Mixes each point with its neighbour (a convolution near the coast)
+    and records its inputs."""
+
+    def __init__(self, coupling: float):
+        super().__init__()
+        self.coupling, self.inputs = coupling, []
+
+    def forward(self, z, normalized_gamma, mask=None):
+        self.inputs.append(z.clone())
+        return 0.5 * z + self.coupling * torch.roll(z, 1, dims=-1)
+
+
+@pytest.mark.parametrize("cls", [HeunSampler, DDPMSampler,
+                                 DPMSolverPP2MSampler])
+def test_zero_land_false_lets_the_state_evolve_under_the_mask(cls):
+    mask = torch.ones(1, 2, 5)
+    mask[..., :2] = 0
+    land = mask.expand(3, 2, 5) == 0
+    results = {}
+    for coupling in (0., 0.3):
+        for zero_land in (True, False):
+            net = Neighbours(coupling)
+            sampler = cls(LinearScheduler(), timesteps=4, pbar=False,
+                          denoising_network=net, zero_land=zero_land, seed=2)
+            out = sampler.sample(SHAPE, mask=mask)
+            assert torch.all(out[land] == 0)
+            seen_land = torch.stack([x[land] for x in net.inputs])
+            assert bool((seen_land != 0).any()) == (not zero_land)
+            results[coupling, zero_land] = out
+    # a point-wise network cannot tell; one mixing neighbours can
+    torch.testing.assert_close(results[0., True], results[0., False])
+    assert not torch.allclose(results[0.3, True], results[0.3, False])

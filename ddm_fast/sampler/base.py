@@ -121,6 +121,14 @@ class BaseSampler(torch.nn.Module):
     noise (None: a fresh one per call from torch's CPU generator). Unknown
     keyword arguments are accepted and ignored with a warning, as the
     toolbox does.
+
+    ``zero_land`` (default True): masked positions of the state are 0
+    before every network call. ddm_dynamical instead let the state evolve
+    under the mask (its network saw noise there, in training and in
+    sampling); ``zero_land=False`` does the same, for a toolbox-trained
+    network that mixes neighbouring points (a convolution near the coast).
+    Either way the returned sample is 0 under the mask, and the mask is
+    handed to pre_func, the network and post_func.
     """
 
     def __init__(self, scheduler: Callable, timesteps: int = 50,
@@ -130,7 +138,8 @@ class BaseSampler(torch.nn.Module):
                  prior_sampler: Optional[Callable] = None,
                  param=None, gamma_min: Optional[float] = None,
                  gamma_max: Optional[float] = None,
-                 pbar: bool = True, seed: Optional[int] = None, **kwargs):
+                 pbar: bool = True, seed: Optional[int] = None, *,
+                 zero_land: bool = True, **kwargs):
         super().__init__()
         self.scheduler = _check_callable("scheduler", scheduler, optional=False)
         self.timesteps = check_positive_int("timesteps", timesteps)
@@ -162,6 +171,10 @@ class BaseSampler(torch.nn.Module):
         if not isinstance(pbar, bool):
             raise TypeError(f"pbar must be a bool, got {type(pbar).__name__}")
         self.pbar = pbar
+        if not isinstance(zero_land, bool):
+            raise TypeError("zero_land must be a bool, got "
+                            f"{type(zero_land).__name__}")
+        self.zero_land = zero_land
         self.kwargs = self._check_kwargs(kwargs)
         self._sample_kwargs = None
         self._denoiser_cache = None
@@ -469,13 +482,26 @@ class BaseSampler(torch.nn.Module):
         levels = methods.vp_levels(gammas[self.timesteps - n_steps:], batch)
         state = in_tensor
         if mask is not None:  # the network never sees masked values
-            state = ops.affine([in_tensor], torch.ones(
-                (batch, 1), dtype=coefficient_dtype(in_tensor),
-                device=in_tensor.device), mask)
+            state = self._masked(in_tensor, mask)
+        # zero_land=False: the steps run unmasked (the toolbox's state),
+        # the network still gets the mask, the result is masked once
+        step_mask = mask if self.zero_land else None
         report = None
         if callback is not None:
             def report(i, _state, t, _t_hat, s, denoised, new):
                 callback({"z": new, "i": i, "gamma": 2 * t.lam,
                           "gamma_next": 2 * s.lam, "denoised": denoised})
-        return self.run_loop(self.frame(mask, conditioning), state, levels,
-                             noise=noise, mask=mask, report=report)
+        if not self.zero_land:
+            state = in_tensor
+        out = self.run_loop(self.frame(mask, conditioning), state, levels,
+                            noise=noise, mask=step_mask, report=report)
+        if mask is not None and not self.zero_land:
+            out = self._masked(out, mask)
+        return out
+
+    @staticmethod
+    def _masked(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``tensor`` with masked positions 0 (selected, so NaN there goes)."""
+        ones = torch.ones((tensor.shape[0], 1), device=tensor.device,
+                          dtype=coefficient_dtype(tensor))
+        return ops.affine([tensor], ones, mask)

@@ -62,6 +62,10 @@ class KDiffusionSampler(BaseSampler):
                          prior_sampler=prior_sampler, param=param,
                          gamma_min=gamma_min, gamma_max=gamma_max, pbar=pbar,
                          seed=seed, **ignored)
+        if not self.zero_land:
+            raise ValueError("zero_land=False is offered by the module "
+                             "samplers; KDiffusionSampler masks through "
+                             "k_func's mask argument")
         self.k_func = k_func
         self._k_params = k_params
         self.kwargs = forwarded  # handed on to k_func
