@@ -445,7 +445,6 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.5"],
-        "ensemble": ["xarray", "netCDF4", "zarr"],
         "test": ["pytest", "pytest-benchmark", "scipy", "triton>=3.5"],
     },
 )

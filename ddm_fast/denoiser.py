@@ -46,7 +46,8 @@ from .ops import coefficient_dtype
 
 __all__ = ["Denoiser", "DEFAULT_GAMMA_RANGE", "GAMMA_RANGE_ATTRIBUTE",
            "GammaRangeMismatchWarning", "algebra_dtype", "per_sample_gamma",
-           "resolve_gamma_bound", "default_preprocessing",
+           "resolve_gamma_bound", "check_gamma_bounds", "as_denoiser",
+           "normalize", "default_preprocessing",
            "default_postprocessing"]
 
 DEFAULT_GAMMA_RANGE: Tuple[float, float] = (-10., 10.)
@@ -118,6 +119,21 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
+def check_gamma_bounds(gamma_min, gamma_max) -> Tuple[Optional[Bound],
+                                                      Optional[Bound]]:
+    """Both bounds or neither (None: the network's range); numbers finite
+    and ordered. Returns them resolved (see :func:`resolve_gamma_bound`)."""
+    gamma_min = resolve_gamma_bound("gamma_min", gamma_min)
+    gamma_max = resolve_gamma_bound("gamma_max", gamma_max)
+    if (gamma_min is None) != (gamma_max is None):
+        raise ValueError("give gamma_min and gamma_max together (or "
+                         "neither, for the range the network is "
+                         "conditioned with)")
+    if gamma_min is not None:
+        _check_order(gamma_min, gamma_max)
+    return gamma_min, gamma_max
+
+
 def _check_order(gamma_min: Bound, gamma_max: Bound) -> None:
     if isinstance(gamma_min, float) and isinstance(gamma_max, float) \
             and not gamma_min < gamma_max:
@@ -187,14 +203,8 @@ class Denoiser(torch.nn.Module):
         from .parameterization import get_param
         self.network = _check_callable("network", network, optional=False)
         self.param = get_param(param)
-        self.gamma_min = resolve_gamma_bound("gamma_min", gamma_min)
-        self.gamma_max = resolve_gamma_bound("gamma_max", gamma_max)
-        if (self.gamma_min is None) != (self.gamma_max is None):
-            raise ValueError("give gamma_min and gamma_max together (or "
-                             "neither, for the range the network is "
-                             "conditioned with)")
-        if self.gamma_min is not None:
-            _check_order(self.gamma_min, self.gamma_max)
+        self.gamma_min, self.gamma_max = check_gamma_bounds(gamma_min,
+                                                            gamma_max)
         self.pre_func = _check_callable("pre_func", pre_func) \
             or default_preprocessing
         self.post_func = _check_callable("post_func", post_func) \

@@ -19,6 +19,7 @@ optional: ``pip install ddm_fast[ensemble]``.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -92,7 +93,10 @@ def _write_chunk(path: str, samples: torch.Tensor, start: int,
                         attrs=dict(attrs, members_written=values.shape[0]))
         if path.endswith(".zarr"):
             _require("zarr")
-            ds.to_zarr(path, mode="w")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore",
+                                        message="Consolidated metadata")
+                ds.to_zarr(path, mode="w")
         else:
             _require("netCDF4")
             ds.to_netcdf(path, unlimited_dims=["member"], engine="netcdf4")
@@ -107,7 +111,9 @@ def _write_chunk(path: str, samples: torch.Tensor, start: int,
             target.resize((stop,) + tuple(target.shape[1:]))
             target[start:stop] = array
         group.attrs["members_written"] = stop
-        zarr.consolidate_metadata(path)  # xarray reads the consolidated copy
+        with warnings.catch_warnings():  # zarr 3 calls it not yet standard
+            warnings.filterwarnings("ignore", message="Consolidated metadata")
+            zarr.consolidate_metadata(path)  # xarray reads this copy
     else:
         netCDF4 = _require("netCDF4")
         with netCDF4.Dataset(path, "a") as nc:

@@ -18,10 +18,9 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 
 from . import ops
-from ._validation import (check_float_tensor, check_gamma_range, check_mask,
-                          check_per_sample)
+from ._validation import check_float_tensor, check_mask, check_per_sample
 from .denoiser import (DEFAULT_GAMMA_RANGE, Denoiser, as_denoiser,
-                       resolve_gamma_bound)
+                       check_gamma_bounds)
 from .parameterization import Parameterization, get_param
 from .utils import draw_seed, sample_time
 from .weighting import get_weighting
@@ -113,10 +112,8 @@ class DiffusionLoss(torch.nn.Module):
         self._param_given = param is not None
         self.param = get_param(param)
         self.weighting = get_weighting(weighting)
-        self._gamma_min = resolve_gamma_bound("gamma_min", gamma_min)
-        self._gamma_max = resolve_gamma_bound("gamma_max", gamma_max)
-        # builds (and so checks) the range once; not a submodule
-        Denoiser(torch.nn.Identity(), None, self._gamma_min, self._gamma_max)
+        self._gamma_min, self._gamma_max = check_gamma_bounds(gamma_min,
+                                                              gamma_max)
         self._denoisers = {}
 
     @property

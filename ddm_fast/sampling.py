@@ -28,14 +28,12 @@ Sigmas may also be given per sample, shape (n + 1, B).
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
-from tqdm.auto import trange
 
-from ._validation import (check_float_tensor, check_mask, check_positive_int,
-                          check_seed)
+from ._validation import check_float_tensor, check_mask, check_positive_int
+from .denoiser import algebra_dtype
 from .sampler import methods
 from .seeds import derive_seed, draw_seed
 
@@ -156,7 +154,7 @@ def _levels(sigmas: torch.Tensor, x: torch.Tensor) -> methods.Levels:
     known to be 0 only for a CPU grid (a device grid is handled per sample,
     never read on the host)."""
     sigmas = sigmas.to(x.device)
-    lams = -torch.log(sigmas.to(methods.algebra_dtype(x.device)))
+    lams = -torch.log(sigmas.to(algebra_dtype(x.device)))
     ends_at_zero = sigmas.device.type == "cpu" and bool((sigmas[-1] == 0).all())
     return methods.Levels(lams, x.shape[0], sigmas, ends_at_zero)
 
@@ -165,15 +163,18 @@ def _per_sample_numel(x: torch.Tensor) -> int:
     return x[0].numel() if x.shape[0] > 0 else 0
 
 
-def _reporter(callback):
-    """k-diffusion's callback dict from a loop's report."""
+def _reporter(callback, levels: methods.Levels):
+    """k-diffusion's callback dict from a loop's report: ``sigma`` is the
+    grid's value (per-sample row for a per-sample grid), ``sigma_hat`` the
+    churned level's per-sample values (the grid's without churn)."""
     if callback is None:
         return None
 
     def report(i, state, t, t_hat, s, denoised, new):
-        callback({"x": state, "i": i, "sigma": t.model_sigma()[0],
-                  "sigma_hat": t_hat.model_sigma()[0] if t_hat is not t
-                  else t.model_sigma()[0], "denoised": denoised})
+        sigma = levels.sigmas[i]
+        callback({"x": state, "i": i, "sigma": sigma,
+                  "sigma_hat": sigma if t_hat is t else t_hat.model_sigma(),
+                  "denoised": denoised})
     return report
 
 
@@ -194,7 +195,7 @@ def _sample_euler_heun(heun, model, x, sigmas, extra_args, callback, disable,
             methods.ModelFrame(model, extra_args), x, levels, heun=heun,
             churn=churn, s_tmin=float(s_tmin), s_tmax=float(s_tmax),
             s_noise=s_noise, noise=noise, mask=mask,
-            report=_reporter(callback), disable=disable)
+            report=_reporter(callback, levels), disable=disable)
 
 
 def sample_euler(model, x, sigmas, extra_args=None, callback=None,
@@ -245,10 +246,11 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None,
     if eta > 0 and noise_sampler is None:
         noise = methods.NoiseStreams(draw_seed(seed), member_offset *
                                      _per_sample_numel(x))
+    levels = _levels(sigmas, x)
     return methods.ancestral_loop(
-        methods.ModelFrame(model, extra_args), x, _levels(sigmas, x),
-        eta=eta, s_noise=s_noise, noise=noise, noise_sampler=noise_sampler,
-        mask=mask, report=_reporter(callback), disable=disable)
+        methods.ModelFrame(model, extra_args), x, levels, eta=eta,
+        s_noise=s_noise, noise=noise, noise_sampler=noise_sampler, mask=mask,
+        report=_reporter(callback, levels), disable=disable)
 
 
 @torch.no_grad()
@@ -258,6 +260,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None,
     Each step is one fused combination of (x, denoised, denoised_prev)."""
     extra_args = _check_sampler_args(model, x, sigmas, extra_args, callback,
                                      mask, 0)
+    levels = _levels(sigmas, x)
     return methods.dpmpp_2m_loop(
-        methods.ModelFrame(model, extra_args), x, _levels(sigmas, x),
-        mask=mask, report=_reporter(callback), disable=disable)
+        methods.ModelFrame(model, extra_args), x, levels, mask=mask,
+        report=_reporter(callback, levels), disable=disable)

@@ -17,6 +17,10 @@ from ddm_fast import sampling
 
 SHAPE = (3, 2, 5)
 
+# the extra keys of the configs warn (tested below); not in every test
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*ignores the keyword argument 'grad_scale'")
+
 
 class MaskedNet(torch.nn.Module):
     """A toolbox-style network: mask is a required argument."""
@@ -37,7 +41,9 @@ def hydra_config(**extra):
                  "pbar": False, "grad_scale": 1.}, **extra)
 
 
-def test_unknown_keywords_are_accepted_with_one_warning():
+def test_unknown_keywords_are_accepted_with_one_warning(monkeypatch):
+    from ddm_fast.sampler import base
+    monkeypatch.setattr(base, "_WARNED_ARGUMENTS", set())
     with pytest.warns(UserWarning, match="'grad_scale'"):
         sampler = HeunSampler(scheduler=LinearScheduler(),
                               denoising_network=MaskedNet(),

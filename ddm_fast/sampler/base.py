@@ -36,7 +36,8 @@ from .._math import alpha_sigma
 from .._validation import (check_float_tensor, check_mask, check_positive_int,
                            check_seed, check_tensor)
 from ..denoiser import (Denoiser, algebra_dtype, as_denoiser,
-                        per_sample_gamma, resolve_gamma_bound)
+                        check_gamma_bounds, per_sample_gamma,
+                        resolve_gamma_bound)
 from ..ops import coefficient_dtype
 from ..parameterization import get_param
 from ..seeds import derive_seed, draw_seed
@@ -153,13 +154,8 @@ class BaseSampler(torch.nn.Module):
             gamma_min = denoising_network.gamma_min
             gamma_max = denoising_network.gamma_max
         self.denoising_network = denoising_network
-        self.gamma_min = gamma_min
-        self.gamma_max = gamma_max
-        if (self._gamma_min is None) != (self._gamma_max is None):
-            raise ValueError("give gamma_min and gamma_max together (or "
-                             "neither)")
-        Denoiser(default_preprocessing, None, self._gamma_min,
-                 self._gamma_max)  # checks the range's order now
+        self.gamma_min, self.gamma_max = check_gamma_bounds(gamma_min,
+                                                            gamma_max)
         self.pre_func = _check_callable("pre_func", pre_func) \
             or default_preprocessing
         self.post_func = _check_callable("post_func", post_func) \

@@ -2,11 +2,11 @@
 adapter over :func:`ddm_fast.sampler.methods.euler_heun_loop`."""
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
-from .base import BaseSampler, StepOutput, check_number
+from ..seeds import draw_seed
 from . import methods
+from .base import BaseSampler, StepOutput, check_number
 
 __all__ = ["HeunSampler"]
 
@@ -82,7 +82,6 @@ class HeunSampler(BaseSampler):
         frame = self.frame(mask, conditioning)
         t, s = methods.Level(gamma_t / 2), methods.Level(gamma_s / 2)
         if churn > 0:
-            from ..seeds import draw_seed
             z, t = methods.churn_step(frame, z, t, churn, self.S_tmin,
                                       self.S_tmax, self.S_noise,
                                       (draw_seed(seed), offset), mask)

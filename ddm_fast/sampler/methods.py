@@ -31,14 +31,15 @@ import torch
 from tqdm.auto import trange
 
 from .._math import alpha_sigma
-from ..denoiser import Denoiser, algebra_dtype
+from ..denoiser import Denoiser
 from ..seeds import derive_seed
 from .algebra import Combo, apply
 
-__all__ = ["Level", "Levels", "Frame", "DenoiserFrame", "ModelFrame",
-           "NoiseStreams", "MAX_CHURN", "euler_step", "heun_step",
-           "churn_step", "ancestral_step", "dpmpp_2m_step",
-           "euler_heun_loop", "ancestral_loop", "dpmpp_2m_loop"]
+__all__ = ["Level", "Levels", "select", "vp_levels", "Estimate", "Frame",
+           "DenoiserFrame", "ModelFrame", "NoiseStreams", "MAX_CHURN",
+           "euler_step", "heun_step", "churn_step", "ancestral_step",
+           "dpmpp_2m_step", "euler_heun_loop", "ancestral_loop",
+           "dpmpp_2m_loop"]
 
 MAX_CHURN = math.sqrt(2.) - 1.  # Karras et al. (2022), Alg. 2: gamma_i cap
 
@@ -394,5 +395,3 @@ def vp_levels(gammas: torch.Tensor, batch: int) -> Levels:
     lams[-1] = math.inf
     return Levels(lams, batch, ends_at_zero=True)
 
-
-__all__ += ["select", "vp_levels", "Estimate", "algebra_dtype"]
