@@ -47,7 +47,7 @@ from .ops import coefficient_dtype
 __all__ = ["Denoiser", "DEFAULT_GAMMA_RANGE", "GAMMA_RANGE_ATTRIBUTE",
            "GammaRangeMismatchWarning", "algebra_dtype", "per_sample_gamma",
            "resolve_gamma_bound", "check_gamma_bounds", "as_denoiser",
-           "normalize", "default_preprocessing",
+           "normalize", "conditioned_object", "resolve_param", "default_preprocessing",
            "default_postprocessing"]
 
 DEFAULT_GAMMA_RANGE: Tuple[float, float] = (-10., 10.)
@@ -151,8 +151,48 @@ def _check_callable(name: str, value, optional: bool = True):
     return value
 
 
+def conditioned_object(network):
+    """The object that carries a network's range record: the network under
+    the wrappers that do not change it (``__wrapped__`` of a wrapping
+    function, ``.module`` of (Distributed)DataParallel, ``_orig_mod`` of
+    torch.compile), so that training through a wrapper and sampling with the
+    bare network agree."""
+    seen = set()
+    while id(network) not in seen:
+        seen.add(id(network))
+        if isinstance(network, (torch.nn.parallel.DistributedDataParallel,
+                                torch.nn.DataParallel)):
+            network = network.module
+        elif isinstance(network, torch.nn.Module) and \
+                "_orig_mod" in network._modules:
+            network = network._modules["_orig_mod"]
+        elif not isinstance(network, torch.nn.Module) and \
+                "__wrapped__" in getattr(network, "__dict__", {}):
+            network = network.__dict__["__wrapped__"]
+    return network
+
+
+def resolve_param(param):
+    """A Parameterization (from a module, a name or None: eps), or a plain
+    function ``param(prediction, in_data, alpha, sigma, gamma, **cond)``
+    returning x_hat, as ddm_dynamical accepted (sampling only: training
+    needs the parameterization's target coefficients)."""
+    from .parameterization import Parameterization, get_param
+    if param is None or isinstance(param, (str, Parameterization)):
+        return get_param(param)
+    if callable(param) and not isinstance(param, torch.nn.Module):
+        return param
+    return get_param(param)  # its error names what param may be
+
+
+def is_function_param(param) -> bool:
+    from .parameterization import Parameterization
+    return not isinstance(param, Parameterization)
+
+
 def _declared_range(network) -> Optional[Tuple[Bound, Bound]]:
-    declared = getattr(network, GAMMA_RANGE_ATTRIBUTE, None)
+    declared = getattr(conditioned_object(network), GAMMA_RANGE_ATTRIBUTE,
+                       None)
     if declared is None:
         return None
     try:
@@ -198,11 +238,8 @@ class Denoiser(torch.nn.Module):
         if isinstance(network, Denoiser):
             raise TypeError("network is already a Denoiser: pass it directly "
                             "instead of wrapping it again")
-        # imported here: parameterization imports utils, which imports this
-        # module for the default range
-        from .parameterization import get_param
         self.network = _check_callable("network", network, optional=False)
-        self.param = get_param(param)
+        self.param = resolve_param(param)
         self.gamma_min, self.gamma_max = check_gamma_bounds(gamma_min,
                                                             gamma_max)
         self.pre_func = _check_callable("pre_func", pre_func) \
@@ -235,7 +272,8 @@ class Denoiser(torch.nn.Module):
             chosen = declared if declared is not None else DEFAULT_GAMMA_RANGE
         if declared is None:
             try:
-                setattr(self.network, GAMMA_RANGE_ATTRIBUTE, chosen)
+                setattr(conditioned_object(self.network),
+                        GAMMA_RANGE_ATTRIBUTE, chosen)
             except (AttributeError, TypeError):
                 pass  # a builtin callable: nothing to record on
         return chosen
@@ -248,7 +286,32 @@ class Denoiser(torch.nn.Module):
     # ---------------------------------------------------- network calls
     def denoise_coefficients(self, gamma: torch.Tensor):
         """(p, q) with x_hat = p z + q f, per sample."""
+        if is_function_param(self.param):
+            raise TypeError("param is a plain function: it gives x_hat, not "
+                            "the coefficients of a parameterization (pass a "
+                            "ddm_fast.parameterization module to train)")
         return self.param.denoise_coefficients(gamma)
+
+    def estimate(self, z: torch.Tensor, gamma,
+                 mask: Optional[torch.Tensor] = None, **conditioning):
+        """(g, p, q) with x_hat = p z + q g: the network output f and the
+        parameterization's coefficients, or, for a plain-function param,
+        x_hat itself with (0, 1)."""
+        f = self.prediction(z, gamma, mask, **conditioning)
+        gamma = per_sample_gamma("gamma", gamma, z)
+        if not is_function_param(self.param):
+            p, q = self.param.denoise_coefficients(gamma)
+            return f, p, q
+        view = (z.shape[0],) + (1,) * (z.ndim - 1)
+        alpha, sigma = alpha_sigma(gamma)
+        if mask is not None:
+            conditioning = dict(conditioning, mask=mask)
+        denoised = self.param(prediction=f, in_data=z,
+                              alpha=alpha.to(z.dtype).reshape(view),
+                              sigma=sigma.to(z.dtype).reshape(view),
+                              gamma=gamma.to(z.dtype).reshape(view),
+                              **conditioning)
+        return denoised, 0., 1.
 
     def prediction(self, z: torch.Tensor, gamma,
                    mask: Optional[torch.Tensor] = None,
@@ -284,9 +347,11 @@ class Denoiser(torch.nn.Module):
                 **conditioning) -> torch.Tensor:
         """x_hat = p z + q f at the noised state ``z``, per-sample ``gamma``
         (one fused op; masked positions are 0)."""
-        f = self.prediction(z, gamma, mask, **conditioning)
-        gamma = per_sample_gamma("gamma", gamma, z)
-        p, q = self.denoise_coefficients(gamma)
+        f, p, q = self.estimate(z, gamma, mask, **conditioning)
+        if is_function_param(self.param):
+            ones = torch.ones((z.shape[0], 1), device=z.device,
+                              dtype=coefficient_dtype(z))
+            return ops.affine([f], ones, mask)
         return ops.affine([z, f], torch.stack((p, q), 1).to(
             coefficient_dtype(z)), mask)
 

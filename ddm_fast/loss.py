@@ -20,7 +20,7 @@ import torch
 from . import ops
 from ._validation import check_float_tensor, check_mask, check_per_sample
 from .denoiser import (DEFAULT_GAMMA_RANGE, Denoiser, as_denoiser,
-                       check_gamma_bounds)
+                       check_gamma_bounds, is_function_param)
 from .parameterization import Parameterization, get_param
 from .utils import draw_seed, sample_time
 from .weighting import get_weighting
@@ -168,6 +168,10 @@ class DiffusionLoss(torch.nn.Module):
         seed = draw_seed(seed, generator)  # checks a given seed
         noised = ops.diffuse(latent, gamma, seed, mask=mask, offset=offset)
         denoiser = self.denoiser(denoising_network)
+        if is_function_param(denoiser.param):
+            raise TypeError("DiffusionLoss needs a ddm_fast.parameterization "
+                            "module as param (a plain function gives x_hat, "
+                            "not the training target)")
         # gamma is detached for the network's input (as in ddm_dynamical);
         # it keeps its graph in the loss weights (learnable schedulers)
         prediction = denoiser.prediction(noised, gamma.detach(), mask,

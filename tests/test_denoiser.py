@@ -146,3 +146,37 @@ def test_default_range_and_normalize_gamma():
         Denoiser(Recorder(), gamma_min=-5.)
     with pytest.raises(TypeError, match="network"):
         Denoiser(5)
+
+
+def test_a_wrapper_in_training_conditions_the_bare_network():
+    net = Recorder()
+
+    def autocast_wrapper(z, **kwargs):  # as a training loop wraps a model
+        return net(z, **kwargs)
+    autocast_wrapper.__wrapped__ = net
+    loss_fn = DiffusionLoss(LinearScheduler())
+    gamma, trained = loss_view(net, _LossWith(loss_fn, Denoiser(
+        autocast_wrapper, gamma_min=-14., gamma_max=14.)), None)
+    sampler = HeunSampler(LinearScheduler(), timesteps=4,
+                          denoising_network=net, pbar=False)
+    assert sampler_view(net, sampler, gamma) == pytest.approx(trained,
+                                                              abs=1e-6)
+
+
+def test_a_plain_function_param_samples_like_its_module():
+    def data_param(prediction, in_data, alpha, sigma, gamma, **conditioning):
+        return prediction  # the network predicts x (ddm_dynamical style)
+
+    def net(z, normalized_gamma, mask=None):
+        return torch.tanh(z)
+
+    mask = torch.ones(1, 4)
+    mask[:, 0] = 0
+    outs = [HeunSampler(LinearScheduler(), timesteps=5, denoising_network=net,
+                        param=param, pbar=False, seed=1).sample((3, 4),
+                                                                mask=mask)
+            for param in (data_param, "data")]
+    torch.testing.assert_close(outs[0], outs[1])
+    with pytest.raises(TypeError, match="param"):
+        DiffusionLoss(LinearScheduler())(Denoiser(net, param=data_param),
+                                         torch.randn(2, 4), seed=0)

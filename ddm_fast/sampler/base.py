@@ -37,9 +37,8 @@ from .._validation import (check_float_tensor, check_mask, check_positive_int,
                            check_seed, check_tensor)
 from ..denoiser import (Denoiser, algebra_dtype, as_denoiser,
                         check_gamma_bounds, per_sample_gamma,
-                        resolve_gamma_bound)
+                        resolve_gamma_bound, resolve_param)
 from ..ops import coefficient_dtype
-from ..parameterization import get_param
 from ..seeds import derive_seed, draw_seed
 from . import methods
 from .defaults import (default_postprocessing, default_preprocessing,
@@ -162,7 +161,7 @@ class BaseSampler(torch.nn.Module):
             or default_postprocessing
         self.prior_sampler = _check_callable("prior_sampler", prior_sampler) \
             or default_prior_sample
-        self.param = get_param(param)
+        self.param = resolve_param(param)
         self.seed = None if seed is None else check_seed("seed", seed)
         if not isinstance(pbar, bool):
             raise TypeError(f"pbar must be a bool, got {type(pbar).__name__}")

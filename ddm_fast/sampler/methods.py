@@ -131,11 +131,9 @@ class DenoiserFrame(Frame):
         return alpha_sigma(2 * lam)[0]
 
     def evaluate(self, state, level):
-        gamma = 2 * level.lam
-        f = self.denoiser.prediction(state, gamma, self.mask,
-                                     **self.conditioning)
-        p, q = self.denoiser.denoise_coefficients(gamma)
-        return Estimate(f, p, q)
+        return Estimate(*self.denoiser.estimate(state, 2 * level.lam,
+                                                self.mask,
+                                                **self.conditioning))
 
 
 class ModelFrame(Frame):
