@@ -253,34 +253,39 @@ class Denoiser(torch.nn.Module):
     def gamma_range(self) -> Tuple[Bound, Bound]:
         """The (gamma_min, gamma_max) the network is called with: the
         explicit range, else the one the network is conditioned with, else
-        ``DEFAULT_GAMMA_RANGE``. Records it on the network if it has none
-        and warns once if an explicit range differs from the network's."""
-        declared = _declared_range(self.network)
+        ``DEFAULT_GAMMA_RANGE``. Reading it changes nothing."""
         if self.gamma_min is not None:
-            chosen = (self.gamma_min, self.gamma_max)
-            if declared is not None and not self._warned and \
-                    not _same_range(chosen, declared):
-                self._warned = True
-                warnings.warn(
-                    f"the network is conditioned with the gamma range "
-                    f"{declared} (it was trained or declared so) but this "
-                    f"Denoiser normalises gamma with {chosen}: the network "
-                    f"sees a normalised gamma it was not trained on. Pass "
-                    f"the same gamma_min/gamma_max, or none.",
-                    GammaRangeMismatchWarning, stacklevel=3)
-        else:
-            chosen = declared if declared is not None else DEFAULT_GAMMA_RANGE
+            return self.gamma_min, self.gamma_max
+        declared = _declared_range(self.network)
+        return declared if declared is not None else DEFAULT_GAMMA_RANGE
+
+    def _range_for_call(self) -> Tuple[Bound, Bound]:
+        """:attr:`gamma_range` at a network call: records it on a network
+        that has none, warns once if an explicit range differs from the
+        network's."""
+        declared = _declared_range(self.network)
+        chosen = self.gamma_range
         if declared is None:
             try:
                 setattr(conditioned_object(self.network),
                         GAMMA_RANGE_ATTRIBUTE, chosen)
             except (AttributeError, TypeError):
                 pass  # a builtin callable: nothing to record on
+        elif not self._warned and not _same_range(chosen, declared):
+            self._warned = True
+            warnings.warn(
+                f"the network is conditioned with the gamma range "
+                f"{declared} (it was trained or declared so) but this "
+                f"Denoiser normalises gamma with {chosen}: the network "
+                f"sees a normalised gamma it was not trained on. Pass "
+                f"the same gamma_min/gamma_max, or none.",
+                GammaRangeMismatchWarning, stacklevel=4)
         return chosen
 
     def normalized_gamma(self, gamma: torch.Tensor) -> torch.Tensor:
-        """(gamma - gamma_min) / (gamma_max - gamma_min), element-wise."""
-        lo, hi = self.gamma_range
+        """(gamma - gamma_min) / (gamma_max - gamma_min), element-wise, with
+        the range of :meth:`_range_for_call` (this is the network call)."""
+        lo, hi = self._range_for_call()
         return normalize(gamma, lo, hi)
 
     # ---------------------------------------------------- network calls

@@ -66,9 +66,7 @@ def _members_written(path: str, attrs: Dict[str, Any]) -> int:
     """Members already in ``path`` (0 if absent); refuses another run's."""
     if not os.path.exists(path):
         return 0
-    xr = _require("xarray")
-    with xr.open_dataset(path, engine="zarr" if path.endswith(".zarr")
-                         else "netcdf4") as existing:
+    with _open(path) as existing:
         for key, value in attrs.items():
             if key != "ddm_fast_version" and existing.attrs.get(key) != value:
                 raise ValueError(
@@ -78,12 +76,18 @@ def _members_written(path: str, attrs: Dict[str, Any]) -> int:
         return int(existing.attrs.get("members_written", 0))
 
 
+def _open(path: str):
+    xr = _require("xarray")
+    return xr.open_dataset(path, engine="zarr" if path.endswith(".zarr")
+                           else "netcdf4")
+
+
 def _write_chunk(path: str, samples: torch.Tensor, start: int,
-                 mask: Optional[torch.Tensor], attrs: Dict[str, Any]) -> None:
+                 mask: Optional[torch.Tensor], attrs: Dict[str, Any],
+                 sample_dims: Sequence[str]) -> None:
     xr = _require("xarray")
     values = samples.detach().float().cpu().numpy()
-    grid = [f"grid_{d}" for d in range(values.ndim - 2)]
-    dims = ["member", "channel"] + grid
+    dims = ["member"] + list(sample_dims)
     if start == 0:
         data = {"samples": (dims, values)}
         if mask is not None:
@@ -128,7 +132,8 @@ def sample_ensemble(denoiser_or_sampler, n_members: int,
                     conditioning: Optional[Dict[str, Any]] = None,
                     path: Optional[str] = None, scheduler=None,
                     timesteps: int = 20, method=None,
-                    progress: bool = True) -> Optional[torch.Tensor]:
+                    dims: Optional[Sequence[str]] = None,
+                    progress: bool = True):
     """Sample ``n_members`` members of shape ``sample_shape`` (channel,
     grid...), ``chunk`` at a time.
 
@@ -137,18 +142,30 @@ def sample_ensemble(denoiser_or_sampler, n_members: int,
     :class:`~ddm_fast.sampler.HeunSampler`) on ``scheduler`` with
     ``timesteps`` steps. ``conditioning`` tensors whose first dimension is
     ``n_members`` are sliced per chunk, others are handed on whole.
-    Returns the (n_members, *sample_shape) tensor, or None when written to
-    ``path`` (``.nc`` for netCDF, ``.zarr`` for zarr; resumed if present).
+    ``dims``: names of the sample dimensions in the Dataset (default
+    channel, grid_0, grid_1, ...; for a one-dimensional ``sample_shape``,
+    grid_0). Returns the (n_members, *sample_shape) tensor, or, written to
+    ``path`` (``.nc`` for netCDF, ``.zarr`` for zarr; resumed if present),
+    the Dataset opened lazily from it (memory stays bounded).
     """
     sampler = _sampler_of(denoiser_or_sampler, scheduler, timesteps, method)
     n_members = check_positive_int("n_members", n_members)
     chunk = check_positive_int("chunk", chunk)
     seed = check_seed("seed", seed)
     sample_shape = tuple(sample_shape)
-    if len(sample_shape) < 2 or any(isinstance(s, bool) or not isinstance(
+    if len(sample_shape) < 1 or any(isinstance(s, bool) or not isinstance(
             s, int) or s < 1 for s in sample_shape):
         raise ValueError("sample_shape must be (channel, grid...) of positive "
                          f"ints, got {sample_shape!r}")
+    if dims is None:
+        dims = [f"grid_{d}" for d in range(len(sample_shape) - 1)]
+        dims = ["grid_0"] if len(sample_shape) == 1 else ["channel"] + dims
+    dims = list(dims)
+    if len(dims) != len(sample_shape) or len(set(dims)) != len(dims) or \
+            "member" in dims or not all(isinstance(d, str) for d in dims):
+        raise ValueError(f"dims must name the {len(sample_shape)} sample "
+                         f"dimensions with distinct strings other than "
+                         f"'member', got {dims!r}")
     if mask is not None:
         check_mask(mask, torch.empty((1,) + sample_shape, device=mask.device),
                    like_name="a member")
@@ -173,7 +190,7 @@ def sample_ensemble(denoiser_or_sampler, n_members: int,
             if path is None:
                 results.append(members)
             else:
-                _write_chunk(path, members, start, mask, attrs)
+                _write_chunk(path, members, start, mask, attrs, dims)
             bar.update(stop - start)
             start = stop
-    return torch.cat(results) if path is None else None
+    return torch.cat(results) if path is None else _open(path)

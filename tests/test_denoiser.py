@@ -180,3 +180,18 @@ def test_a_plain_function_param_samples_like_its_module():
     with pytest.raises(TypeError, match="param"):
         DiffusionLoss(LinearScheduler())(Denoiser(net, param=data_param),
                                          torch.randn(2, 4), seed=0)
+
+
+def test_reading_the_range_records_nothing():
+    net = Recorder()
+    sampler = HeunSampler(LinearScheduler(), timesteps=4,
+                          denoising_network=net, pbar=False)
+    assert (sampler.gamma_min, sampler.gamma_max) == DEFAULT_GAMMA_RANGE
+    assert not hasattr(net, "ddm_fast_gamma_range")
+    # so training with another range afterwards neither warns nor differs
+    loss_fn = DiffusionLoss(LinearScheduler(), gamma_min=-15., gamma_max=15.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GammaRangeMismatchWarning)
+        gamma, trained = loss_view(net, loss_fn, None)
+        assert sampler_view(net, sampler, gamma) == pytest.approx(trained,
+                                                                  abs=1e-6)

@@ -68,8 +68,9 @@ def test_written_dataset_resumes_after_an_interruption(tmp_path, suffix):
     original_resumed = resumed.sample
     resumed.sample = lambda *a, **k: seen.append(k["member_offset"]) or \
         original_resumed(*a, **k)
-    sample_ensemble(resumed, 5, SHAPE, chunk=2, seed=4, mask=MASK, path=path,
-                    progress=False)
+    with sample_ensemble(resumed, 5, SHAPE, chunk=2, seed=4, mask=MASK,
+                         path=path, progress=False) as returned:
+        assert torch.equal(torch.from_numpy(returned["samples"].values), want)
     assert seen == [2, 4]  # the first chunk was not sampled again
     engine = "zarr" if suffix == ".zarr" else "netcdf4"
     with xr.open_dataset(path, engine=engine) as ds:
@@ -83,6 +84,20 @@ def test_written_dataset_resumes_after_an_interruption(tmp_path, suffix):
     with pytest.raises(ValueError, match="seed"):
         sample_ensemble(make_sampler(), 5, SHAPE, chunk=2, seed=5, mask=MASK,
                         path=path, progress=False)
+
+
+def test_one_dimensional_members_with_named_dims(tmp_path):
+    pytest.importorskip("xarray")
+    sampler = make_sampler()
+    path = str(tmp_path / "l96.nc")
+    with sample_ensemble(sampler, 3, (40,), chunk=2, seed=1, path=path,
+                         dims=("site",), progress=False) as ds:
+        assert ds["samples"].dims == ("member", "site")
+        want = sample_ensemble(make_sampler(), 3, (40,), chunk=3, seed=1,
+                               progress=False)
+        assert torch.equal(torch.from_numpy(ds["samples"].values), want)
+    with pytest.raises(ValueError, match="dims"):
+        sample_ensemble(sampler, 3, (40,), dims=("member",))
 
 
 def test_missing_extra_and_bad_arguments(tmp_path, monkeypatch):

@@ -223,9 +223,11 @@ class BaseSampler(torch.nn.Module):
                             "network (or a Denoiser) to the sampler")
         if isinstance(network, Denoiser):
             return network
+        # tensors by identity: reading a device tensor's value would sync
         key = (id(network), id(self.param), id(self.pre_func),
-               id(self.post_func), repr(self._gamma_min),
-               repr(self._gamma_max))
+               id(self.post_func)) + tuple(
+                   ("tensor", id(b)) if isinstance(b, torch.Tensor) else b
+                   for b in (self._gamma_min, self._gamma_max))
         cache = self.__dict__.get("_denoiser_cache")
         if cache is None or cache[0] != key:
             denoiser = Denoiser(network, self.param, self._gamma_min,
