@@ -1,4 +1,5 @@
-"""The one owner of the network's conditioning: :class:`Denoiser`.
+"""The one owner of the network's conditioning: :class:`Denoiser`
+(docs/math.md, "The network's conditioning").
 
 A denoising network never sees gamma itself: it sees the normalised log-SNR
 ``(gamma - gamma_min) / (gamma_max - gamma_min)``, its input goes through
