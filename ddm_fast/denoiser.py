@@ -327,19 +327,26 @@ class Denoiser(torch.nn.Module):
         check_float_tensor("z", z, min_ndim=1)
         gamma = per_sample_gamma("gamma", gamma, z)
         batch = z.shape[0]
-        view = (batch,) + (1,) * (z.ndim - 1)
-        alpha, sigma = alpha_sigma(gamma)
-        stats = {"alpha": alpha.to(z.dtype).reshape(view),
-                 "sigma": sigma.to(z.dtype).reshape(view),
-                 "gamma": gamma.to(z.dtype).reshape(view)}
         if mask is not None:
             conditioning = dict(conditioning, mask=mask)
-        network_input = self.pre_func(in_data=z, **stats, **conditioning)
         norm_gamma = self.normalized_gamma(gamma).to(z.dtype).reshape(batch, 1)
-        prediction = self.network(network_input, normalized_gamma=norm_gamma,
-                                  **conditioning)
-        prediction = self.post_func(prediction=prediction, in_data=z,
-                                    **stats, **conditioning)
+        if self.pre_func is default_preprocessing and \
+                self.post_func is default_postprocessing:
+            # identity pre/post: skip their statistics (host overhead)
+            prediction = self.network(z, normalized_gamma=norm_gamma,
+                                      **conditioning)
+        else:
+            view = (batch,) + (1,) * (z.ndim - 1)
+            alpha, sigma = alpha_sigma(gamma)
+            stats = {"alpha": alpha.to(z.dtype).reshape(view),
+                     "sigma": sigma.to(z.dtype).reshape(view),
+                     "gamma": gamma.to(z.dtype).reshape(view)}
+            network_input = self.pre_func(in_data=z, **stats, **conditioning)
+            prediction = self.network(network_input,
+                                      normalized_gamma=norm_gamma,
+                                      **conditioning)
+            prediction = self.post_func(prediction=prediction, in_data=z,
+                                        **stats, **conditioning)
         if not isinstance(prediction, torch.Tensor) or \
                 prediction.shape != z.shape:
             raise ValueError(

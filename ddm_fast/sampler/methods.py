@@ -28,9 +28,9 @@ import math
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import trange
 
-from .._math import alpha_sigma
 from ..denoiser import Denoiser
 from ..seeds import derive_seed
 from .algebra import Combo, apply
@@ -128,7 +128,8 @@ class DenoiserFrame(Frame):
         self.conditioning = conditioning or {}
 
     def scale(self, lam):
-        return alpha_sigma(2 * lam)[0]
+        # alpha = sqrt(sigmoid(gamma)), as alpha_sigma computes it
+        return torch.exp(0.5 * F.logsigmoid(2 * lam))
 
     def evaluate(self, state, level):
         return Estimate(*self.denoiser.estimate(state, 2 * level.lam,
@@ -183,7 +184,7 @@ def euler_step(frame: Frame, state, t: Level, s: Level, mask=None, *,
     the probability-flow ODE (docs/math.md, "Euler"); onto sigma_s = 0 it
     is x_hat. Returns (state_s, x_hat or None)."""
     est = frame.evaluate(state, t)
-    z, f = Combo.inputs(2)
+    z, f = Combo.inputs(2, like=t.lam)
     x_e = z / frame.scale(t.lam)
     x_hat = est.p * z + est.q * f
     rho = torch.exp(t.lam - s.lam)              # sigma_s / sigma_t
@@ -205,7 +206,7 @@ def heun_step(frame: Frame, state, t: Level, s: Level, mask=None, *,
         return euler_step(frame, state, t, s, mask,
                           want_denoised=want_denoised)
     est_1 = frame.evaluate(state, t)
-    z, f_1, f_2 = Combo.inputs(3)
+    z, f_1, f_2 = Combo.inputs(3, like=t.lam)
     x_e = z / frame.scale(t.lam)
     x_hat_1 = est_1.p * z + est_1.q * f_1
     onto_zero = torch.isposinf(s.lam)
@@ -213,12 +214,13 @@ def heun_step(frame: Frame, state, t: Level, s: Level, mask=None, *,
     dt_over_sigma_t = torch.expm1(t.lam - e.lam)
     dt_over_sigma_e = -torch.expm1(e.lam - t.lam)
     x_e_2 = x_e + dt_over_sigma_t * (x_e - x_hat_1)       # Euler predictor
-    state_2, x_hat_1_tensor = apply(frame.scale(e.lam) * x_e_2,
-                                    [state, est_1.f], mask, also=x_hat_1)
+    state_2 = frame.scale(e.lam) * x_e_2
+    state_2_tensor, x_hat_1_tensor = apply(state_2, [state, est_1.f], mask,
+                                           also=x_hat_1)
     if frame.returns_denoised:
         x_hat_1_tensor = est_1.f
-    est_2 = frame.evaluate(state_2, e)
-    x_hat_2 = est_2.p * (frame.scale(e.lam) * x_e_2) + est_2.q * f_2
+    est_2 = frame.evaluate(state_2_tensor, e)
+    x_hat_2 = est_2.p * state_2 + est_2.q * f_2
     heun = x_e + 0.5 * dt_over_sigma_t * (x_e - x_hat_1) \
         + 0.5 * dt_over_sigma_e * (x_e_2 - x_hat_2)
     euler = torch.exp(t.lam - s.lam) * x_e \
@@ -242,7 +244,8 @@ def churn_step(frame: Frame, state, t: Level, churn: float, s_tmin: float,
     sigma_hat = sigma * (1 + factor)
     noise_std = s_noise * sigma * torch.sqrt(factor * (2 + factor))
     churned = Level(-torch.log(sigma_hat))
-    z, xi = Combo.inputs(1)[0], Combo.noise()
+    z = Combo.inputs(1, like=t.lam)[0]
+    xi = Combo.noise(like=z)
     x_e_hat = z / frame.scale(t.lam) + noise_std * xi
     seed, offset = noise
     out = apply(frame.scale(churned.lam) * x_e_hat, [state], mask,
@@ -265,7 +268,7 @@ def ancestral_step(frame: Frame, state, t: Level, s: Level, mask=None, *,
     est = frame.evaluate(state, t)
     inputs = [state, est.f] + ([noise_tensor] if noise_tensor is not None
                                else [])
-    z, f, given_noise = Combo.inputs(3)
+    z, f, given_noise = Combo.inputs(3, like=t.lam)
     x_e = z / frame.scale(t.lam)
     x_hat = est.p * z + est.q * f
     variance_ratio = torch.exp(2 * (t.lam - s.lam)).clamp(max=1.)
@@ -275,7 +278,7 @@ def ancestral_step(frame: Frame, state, t: Level, s: Level, mask=None, *,
     x_e_s = torch.exp(log_rho) * x_e - torch.expm1(log_rho) * x_hat
     noise_std = s_noise * torch.exp(-s.lam) * up
     if noise is not None:
-        x_e_s = x_e_s + noise_std * Combo.noise()
+        x_e_s = x_e_s + noise_std * Combo.noise(like=z)
     elif noise_tensor is not None:
         x_e_s = x_e_s + noise_std * given_noise
     return _finish(frame, frame.scale(s.lam) * x_e_s, inputs, mask,
@@ -291,7 +294,7 @@ def dpmpp_2m_step(frame: Frame, state, t: Level, s: Level, mask=None, *,
     else D = (1 + 1/(2r)) x_hat - 1/(2r) x_hat_prev, r = (lambda_t -
     lambda_prev) / h. Returns (state_s, x_hat): pass (x_hat, t.lam) on."""
     est = frame.evaluate(state, t)
-    z, f, x_hat_prev = Combo.inputs(3)
+    z, f, x_hat_prev = Combo.inputs(3, like=t.lam)
     inputs = [state, est.f]
     x_e = z / frame.scale(t.lam)
     x_hat = est.p * z + est.q * f
