@@ -186,6 +186,8 @@ def _sample_euler_heun(heun, model, x, sigmas, extra_args, callback, disable,
                                      mask, member_offset)
     s_churn = _check_nonneg("s_churn", s_churn)
     s_noise = _check_nonneg("s_noise", s_noise)
+    s_tmin = _check_nonneg("s_tmin", s_tmin)
+    s_tmax = _check_nonneg("s_tmax", s_tmax)
     levels = _levels(sigmas, x)
     churn = min(s_churn / levels.n_steps, MAX_CHURN)
     noise = methods.NoiseStreams(draw_seed(seed), member_offset *
@@ -193,7 +195,7 @@ def _sample_euler_heun(heun, model, x, sigmas, extra_args, callback, disable,
     with torch.no_grad():
         return methods.euler_heun_loop(
             methods.ModelFrame(model, extra_args), x, levels, heun=heun,
-            churn=churn, s_tmin=float(s_tmin), s_tmax=float(s_tmax),
+            churn=churn, s_tmin=s_tmin, s_tmax=s_tmax,
             s_noise=s_noise, noise=noise, mask=mask,
             report=_reporter(callback, levels), disable=disable)
 

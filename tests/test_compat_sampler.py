@@ -224,6 +224,9 @@ def test_sampling_arguments_are_checked_at_the_boundary():
         HeunSampler(LinearScheduler(), gamma_min=2., gamma_max=1.)
     with pytest.raises(TypeError, match="denoising_network"):
         HeunSampler(LinearScheduler(), denoising_network=5)
+    with pytest.raises(TypeError, match="s_tmin"):
+        sampling.sample_heun(lambda x, s: x, torch.zeros(2, 3),
+                             torch.tensor([1., 0.]), s_tmin="a")
     with pytest.raises(ValueError, match="denoising_network .*must return"):
         HeunSampler(LinearScheduler(), pbar=False,
                     denoising_network=lambda z, normalized_gamma: z[:, :1]
