@@ -195,3 +195,10 @@ def test_reading_the_range_records_nothing():
         gamma, trained = loss_view(net, loss_fn, None)
         assert sampler_view(net, sampler, gamma) == pytest.approx(trained,
                                                                   abs=1e-6)
+
+
+def test_top_level_names():
+    import ddm_fast
+    assert ddm_fast.Denoiser is Denoiser
+    assert callable(ddm_fast.ensemble.sample_ensemble)
+    assert {"Denoiser", "denoiser", "ensemble"} <= set(dir(ddm_fast))
