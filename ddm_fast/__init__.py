@@ -12,12 +12,12 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "backends", "callbacks", "decoder", "encoder", "layers", "loss", "ops",
-    "optimal_model", "parameterization", "sampler", "sampling", "scheduler",
+    "backends", "callbacks", "decoder", "denoiser", "encoder", "ensemble",
+    "layers", "loss", "ops", "optimal_model", "parameterization", "sampler", "sampling", "scheduler",
     "training", "utils", "weighting",
 )
 
-__all__ = list(_SUBMODULES) + ["DiffusionLoss", "__version__"]
+__all__ = list(_SUBMODULES) + ["DiffusionLoss", "Denoiser", "__version__"]
 
 
 def __getattr__(name):
@@ -26,6 +26,9 @@ def __getattr__(name):
     if name == "DiffusionLoss":
         from .loss import DiffusionLoss
         return DiffusionLoss
+    if name == "Denoiser":
+        from .denoiser import Denoiser
+        return Denoiser
     raise AttributeError(f"module 'ddm_fast' has no attribute {name!r}")
 
 

@@ -18,10 +18,12 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 
 from . import ops
-from ._validation import (check_float_tensor, check_gamma_range, check_mask,
-                          check_per_sample, check_values)
+from ._validation import (check_float_tensor, check_mask, check_per_sample,
+                          check_values)
+from .denoiser import (DEFAULT_GAMMA_RANGE, Denoiser, as_denoiser,
+                       check_gamma_bounds, is_function_param)
 from .parameterization import Parameterization, get_param
-from .utils import draw_seed, normalize_gamma, sample_time
+from .utils import draw_seed, sample_time
 from .weighting import get_weighting
 
 __all__ = ["DiffusionLoss", "DiffusionLossOutput", "diffusion_loss"]
@@ -89,7 +91,16 @@ class DiffusionLoss(torch.nn.Module):
         "flow", "edm"); default eps.
     weighting : weighting module or name; default ELBO (1).
     gamma_min, gamma_max : range used to normalise gamma for the network
-        input (``normalized_gamma``); default the scheduler's.
+        input (``normalized_gamma``); default: the range the network is
+        conditioned with, else the library's one default (-10, 10)
+        (:mod:`ddm_fast.denoiser`). Not the scheduler's: the samplers use
+        the same rule, so a network sees the same normalised gamma in
+        training and sampling.
+
+    The network is called through a :class:`ddm_fast.denoiser.Denoiser`
+    (pass one as ``denoising_network`` to set param, range and pre/post
+    functions in one place; then leave ``param``/``gamma_min``/``gamma_max``
+    here unset).
     """
 
     def __init__(self, scheduler: torch.nn.Module,
@@ -103,27 +114,37 @@ class DiffusionLoss(torch.nn.Module):
             raise TypeError("scheduler must be a ddm_fast.scheduler module "
                             f"(with get_density), got {type(scheduler).__name__}")
         self.scheduler = scheduler
+        self._param_given = param is not None
         self.param = get_param(param)
         self.weighting = get_weighting(weighting)
-        self._gamma_min = gamma_min
-        self._gamma_max = gamma_max
-        if gamma_min is not None and gamma_max is not None:
-            check_gamma_range(gamma_min, gamma_max)
+        self._gamma_min, self._gamma_max = check_gamma_bounds(gamma_min,
+                                                              gamma_max)
+        self._denoisers = {}
 
     @property
     def gamma_range(self):
-        """(gamma_min, gamma_max) that normalise gamma for the network input.
+        """(gamma_min, gamma_max) given here, else the library default (a
+        network conditioned with another range keeps its own, see
+        :mod:`ddm_fast.denoiser`)."""
+        if self._gamma_min is None:
+            return DEFAULT_GAMMA_RANGE
+        return self._gamma_min, self._gamma_max
 
-        Taken from the scheduler unless given; scheduler bounds stay (detached)
-        device tensors, so reading them never synchronises with the device.
-        """
-        def bound(given, name, default):
-            if given is not None:
-                return given
-            value = getattr(self.scheduler, name, default)
-            return value.detach() if isinstance(value, torch.Tensor) else value
-        return (bound(self._gamma_min, "gamma_min", -20.),
-                bound(self._gamma_max, "gamma_max", 20.))
+    def denoiser(self, denoising_network) -> Denoiser:
+        """The :class:`Denoiser` through which ``denoising_network`` is
+        called (itself if it is one)."""
+        if isinstance(denoising_network, Denoiser):
+            return as_denoiser(
+                denoising_network,
+                self.param if self._param_given else None,
+                self._gamma_min, self._gamma_max, owner="DiffusionLoss")
+        key = id(denoising_network)
+        cached = self._denoisers.get(key)
+        if cached is None or cached.network is not denoising_network:
+            cached = Denoiser(denoising_network, self.param, self._gamma_min,
+                              self._gamma_max)
+            self._denoisers = {key: cached}  # keep one: no stale networks
+        return cached
 
     def forward(self, denoising_network: Callable, latent: torch.Tensor,
                 mask: Optional[torch.Tensor] = None, seed: Optional[int] = None,
@@ -131,7 +152,8 @@ class DiffusionLoss(torch.nn.Module):
                 generator: Optional[torch.Generator] = None,
                 **conditioning) -> DiffusionLossOutput:
         """Noise ``latent``, call ``denoising_network(z, normalized_gamma=...,
-        mask=mask, **conditioning)`` and return the loss.
+        mask=mask, **conditioning)`` through its :class:`Denoiser` (``mask``
+        only when given) and return the loss.
 
         ``seed`` names the noise stream (default: drawn from ``generator`` or
         torch's global CPU generator); ``time`` overrides the stratified
@@ -150,18 +172,17 @@ class DiffusionLoss(torch.nn.Module):
         density = self.scheduler.get_density(gamma).reshape(batch)
         seed = draw_seed(seed, generator)  # checks a given seed
         noised = ops.diffuse(latent, gamma, seed, mask=mask, offset=offset)
-        lo, hi = self.gamma_range
-        norm_gamma = normalize_gamma(gamma.detach(), lo, hi).reshape(batch, 1)
-        prediction = denoising_network(noised, normalized_gamma=norm_gamma.to(
-            latent.dtype), mask=mask, **conditioning)
-        if not isinstance(prediction, torch.Tensor) or \
-                prediction.shape != latent.shape:
-            raise ValueError(
-                "denoising_network must return a tensor of the latent's shape "
-                f"{tuple(latent.shape)}, got "
-                f"{tuple(prediction.shape) if isinstance(prediction, torch.Tensor) else type(prediction).__name__}")
+        denoiser = self.denoiser(denoising_network)
+        if is_function_param(denoiser.param):
+            raise TypeError("DiffusionLoss needs a ddm_fast.parameterization "
+                            "module as param (a plain function gives x_hat, "
+                            "not the training target)")
+        # gamma is detached for the network's input (as in ddm_dynamical);
+        # it keeps its graph in the loss weights (learnable schedulers)
+        prediction = denoiser.prediction(noised, gamma.detach(), mask,
+                                         **conditioning)
         loss, per_sample = diffusion_loss(
-            prediction, latent, gamma, seed, mask=mask, param=self.param,
+            prediction, latent, gamma, seed, mask=mask, param=denoiser.param,
             weighting=self.weighting, density=density, offset=offset)
         return DiffusionLossOutput(loss, per_sample, gamma, prediction, noised,
                                    seed)

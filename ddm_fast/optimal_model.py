@@ -21,6 +21,7 @@ import torch
 from ._validation import (check_float_tensor, check_gamma_range, check_mask,
                           check_per_sample, check_positive_int,
                           check_same_device)
+from .denoiser import DEFAULT_GAMMA_RANGE
 from .utils import alpha_sigma
 
 __all__ = ["OptimalModel"]
@@ -69,8 +70,10 @@ class OptimalModel(torch.nn.Module):
     state_dict does not carry it.
     """
 
-    def __init__(self, training_data: torch.Tensor, gamma_min: float = -15,
-                 gamma_max: float = 10, dims: Iterable = (-3, -2, -1),
+    def __init__(self, training_data: torch.Tensor,
+                 gamma_min: Optional[float] = None,
+                 gamma_max: Optional[float] = None,
+                 dims: Iterable = (-3, -2, -1),
                  chunk_size: int = 1024) -> None:
         super().__init__()
         check_float_tensor("training_data", training_data, min_ndim=2)
@@ -78,6 +81,11 @@ class OptimalModel(torch.nn.Module):
             raise ValueError("training_data must hold at least one sample in "
                              "dim 0, got shape "
                              f"{tuple(training_data.shape)}")
+        if gamma_min is None and gamma_max is None:
+            gamma_min, gamma_max = DEFAULT_GAMMA_RANGE
+        elif gamma_min is None or gamma_max is None:
+            raise ValueError("give gamma_min and gamma_max together (or "
+                             "neither, for the library default range)")
         self.gamma_min, self.gamma_max = check_gamma_range(gamma_min, gamma_max)
         self.chunk_size = check_positive_int("chunk_size", chunk_size)
         self.sample_shape = tuple(training_data.shape[1:])
@@ -93,12 +101,25 @@ class OptimalModel(torch.nn.Module):
         self.n_groups = math.prod(self.sample_shape[a] for a in self._group_axes)
         self.n_features = math.prod(self.sample_shape[a] for a in self.dims)
         n_samples = training_data.shape[0]
+        # Land in real data is often NaN: keep it out of every product (a
+        # NaN times a zero weight is still NaN); such data needs a mask.
+        finite = torch.isfinite(training_data)
+        self._has_nonfinite = not bool(finite.all())
+        training_data = torch.where(finite, training_data,
+                                    training_data.new_zeros(()))
         grouped = training_data.detach().permute(
             (0,) + tuple(a + 1 for a in self._permutation)
         ).reshape(n_samples, self.n_groups, self.n_features)
         self.register_buffer("training_data",
                              grouped.transpose(0, 1).contiguous(),
                              persistent=False)
+
+    @property
+    def ddm_fast_gamma_range(self):
+        """The range that maps ``normalized_gamma`` back to gamma in
+        :meth:`forward`: a :class:`ddm_fast.denoiser.Denoiser` around this
+        model adopts it (see :mod:`ddm_fast.denoiser`)."""
+        return (self.gamma_min, self.gamma_max)
 
     @property
     def n_samples(self) -> int:
@@ -146,7 +167,14 @@ class OptimalModel(torch.nn.Module):
         gamma = gamma.clamp(-_GAMMA_CLAMP, _GAMMA_CLAMP)
         alpha, _ = alpha_sigma(gamma)
         view = (batch,) + (1,) * len(self.sample_shape)
-        exploded = z.to(compute) / alpha.reshape(view)
+        if mask is None and self._has_nonfinite:
+            raise ValueError("training_data holds NaN or Inf: give the mask "
+                             "that covers them (land)")
+        out_dtype = z.dtype
+        z = z.to(compute)
+        if mask is not None:  # selected, not multiplied: NaN under land
+            z = torch.where(mask != 0, z, z.new_zeros(()))
+        exploded = z / alpha.reshape(view)
         # 1 / (2 sigma_tilde^2) = exp(gamma) / 2, per sample: (1, B, 1).
         precision = (0.5 * torch.exp(gamma)).reshape(1, batch, 1)
 
@@ -188,7 +216,7 @@ class OptimalModel(torch.nn.Module):
             normaliser = normaliser * rescale + weights.sum(dim=-1, keepdim=True)
             weighted_sum = weighted_sum * rescale + torch.matmul(weights, chunk)
             running_max = new_max
-        denoised = self._from_groups(weighted_sum / normaliser).to(z.dtype)
+        denoised = self._from_groups(weighted_sum / normaliser).to(out_dtype)
         if mask is not None:
             denoised = torch.where(mask != 0, denoised, denoised.new_zeros(()))
         return denoised
@@ -221,7 +249,10 @@ class OptimalModel(torch.nn.Module):
         denoised = self.denoise(in_tensor, gamma, mask)
         alpha, sigma = alpha_sigma(gamma)
         view = (batch,) + (1,) * len(self.sample_shape)
-        noise = (in_tensor.to(compute) - alpha.reshape(view) * denoised) \
+        noised = in_tensor.to(compute)
+        if mask is not None:
+            noised = torch.where(mask != 0, noised, noised.new_zeros(()))
+        noise = (noised - alpha.reshape(view) * denoised) \
             / sigma.reshape(view)
         noise = noise.to(in_tensor.dtype)
         if mask is not None:

@@ -13,7 +13,9 @@ from .seeds import draw_seed  # noqa: F401  (re-exported: the one seed owner)
 
 from ._masks import mask_count, masked_average_torch, reduce_dims as _reduce_dims  # noqa: F401
 from ._math import alpha_sigma, sigma_tilde
-from ._validation import check_mask, check_seed, check_tensor
+from ._validation import (check_gamma_range, check_mask, check_seed,
+                          check_tensor)
+from .denoiser import DEFAULT_GAMMA_RANGE, normalize
 
 __all__ = [
     "sample_time",
@@ -59,10 +61,22 @@ def sample_time(
 
 
 def normalize_gamma(
-        gamma: Any, gamma_min: float = -20., gamma_max: float = 20.
+        gamma: Any, gamma_min: Any = DEFAULT_GAMMA_RANGE[0],
+        gamma_max: Any = DEFAULT_GAMMA_RANGE[1]
 ) -> Any:
-    """Map gamma linearly so that gamma_min -> 0 and gamma_max -> 1."""
-    return (gamma - gamma_min) / (gamma_max - gamma_min)
+    """Map gamma linearly so that gamma_min -> 0 and gamma_max -> 1.
+
+    The default range is the library's one default,
+    :data:`ddm_fast.denoiser.DEFAULT_GAMMA_RANGE` = (-10, 10) (ddm_dynamical's
+    function defaulted to (-20, 20); its samplers to (-15, 15)). The
+    network's conditioning is owned by :class:`ddm_fast.denoiser.Denoiser`;
+    this is the bare formula. Bounds given as numbers must satisfy
+    gamma_min < gamma_max (tensor bounds are not read, to avoid a sync).
+    """
+    if not isinstance(gamma_min, torch.Tensor) and \
+            not isinstance(gamma_max, torch.Tensor):
+        check_gamma_range(gamma_min, gamma_max)
+    return normalize(gamma, gamma_min, gamma_max)
 
 
 def masked_average(

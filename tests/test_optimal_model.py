@@ -259,3 +259,24 @@ def test_errors(data):
                       torch.ones(1, 1, H + 1, W))
     with pytest.raises(TypeError, match="in_tensor"):
         model(torch.zeros(2, C, H, W, dtype=torch.long), gamma)
+
+
+def test_nan_under_the_mask_never_reaches_the_result():
+    torch.manual_seed(3)
+    data = torch.randn(12, 1, 3, 4, dtype=torch.float64)
+    mask = torch.ones(1, 1, 3, 4, dtype=torch.bool)
+    mask[..., 0, :2] = False
+    z = torch.randn(2, 1, 3, 4, dtype=torch.float64)
+    clean = OptimalModel(data)
+    want = clean.denoise(z, torch.tensor([0., 2.]), mask)
+    want_eps = clean(z, torch.tensor([0.3, 0.6]), mask)
+    data_nan, z_nan = data.clone(), z.clone()
+    data_nan[:, ~mask[0]] = float("nan")
+    z_nan[:, ~mask[0]] = float("nan")
+    model = OptimalModel(data_nan)
+    got = model.denoise(z_nan, torch.tensor([0., 2.]), mask)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(model(z_nan, torch.tensor([0.3, 0.6]), mask),
+                               want_eps)
+    with pytest.raises(ValueError, match="mask"):
+        model.denoise(z, torch.tensor([0., 2.]))

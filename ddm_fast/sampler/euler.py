@@ -1,4 +1,4 @@
-"""Euler sampler: the Heun sampler without its correction."""
+"""Euler sampler: :class:`HeunSampler` without the correction."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -19,10 +19,12 @@ class EulerSampler(HeunSampler):
                  pre_func: Optional[Callable] = None,
                  post_func: Optional[Callable] = None,
                  prior_sampler: Optional[Callable] = None,
-                 param=None, gamma_min: float = -15., gamma_max: float = 15.,
+                 param=None, gamma_min: Optional[float] = None,
+                 gamma_max: Optional[float] = None,
                  pbar: bool = False, S_churn: float = 0., S_tmin: float = 0.,
                  S_tmax: float = float("inf"), S_noise: float = 1.,
                  seed: Optional[int] = None, **kwargs):
+        kwargs.pop("heun", None)  # always False here
         super().__init__(scheduler=scheduler, timesteps=timesteps,
                          denoising_network=denoising_network,
                          pre_func=pre_func, post_func=post_func,

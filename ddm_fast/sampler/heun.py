@@ -1,27 +1,14 @@
-"""Heun sampler of Karras et al. (2022), Alg. 2, on per-sample log-SNRs."""
+"""Heun sampler of Karras et al. (2022), Alg. 2, on per-sample log-SNRs: an
+adapter over :func:`ddm_fast.sampler.methods.euler_heun_loop`."""
 from __future__ import annotations
 
 from typing import Callable, Optional
 
-import torch
-
-from .. import ops
-from ..ops import coefficient_dtype
-from ..sampling import (MAX_CHURN, churn_coefficients, draw_seed,
-                        euler_coefficients, heun_coefficients)
-from ..utils import alpha_sigma
-from .base import BaseSampler, StepOutput, col, unit_rows
+from ..seeds import draw_seed
+from . import methods
+from .base import BaseSampler, StepOutput, check_number
 
 __all__ = ["HeunSampler"]
-
-
-def _check_float(name: str, value, minimum: Optional[float] = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    value = float(value)
-    if value != value or (minimum is not None and value < minimum):
-        raise ValueError(f"{name} must be a number >= {minimum}, got {value}")
-    return value
 
 
 class HeunSampler(BaseSampler):
@@ -41,8 +28,9 @@ class HeunSampler(BaseSampler):
                  pre_func: Optional[Callable] = None,
                  post_func: Optional[Callable] = None,
                  prior_sampler: Optional[Callable] = None,
-                 param=None, heun: bool = True, gamma_min: float = -15.,
-                 gamma_max: float = 15., pbar: bool = False,
+                 param=None, heun: bool = True,
+                 gamma_min: Optional[float] = None,
+                 gamma_max: Optional[float] = None, pbar: bool = False,
                  S_churn: float = 0., S_tmin: float = 0.,
                  S_tmax: float = float("inf"), S_noise: float = 1.,
                  seed: Optional[int] = None, **kwargs):
@@ -55,13 +43,13 @@ class HeunSampler(BaseSampler):
         if not isinstance(heun, bool):
             raise TypeError(f"heun must be a bool, got {type(heun).__name__}")
         self.heun = heun
-        self.S_churn = _check_float("S_churn", S_churn, 0.)
-        self.S_tmin = _check_float("S_tmin", S_tmin, 0.)
-        self.S_tmax = _check_float("S_tmax", S_tmax)
+        self.S_churn = check_number("S_churn", S_churn, 0.)
+        self.S_tmin = check_number("S_tmin", S_tmin, 0.)
+        self.S_tmax = check_number("S_tmax", S_tmax)
         if self.S_tmax < self.S_tmin:
             raise ValueError(f"S_tmax must be >= S_tmin ({self.S_tmin}), got "
                              f"{self.S_tmax}")
-        self.S_noise = _check_float("S_noise", S_noise, 0.)
+        self.S_noise = check_number("S_noise", S_noise, 0.)
 
     @property
     def needs_noise(self) -> bool:
@@ -69,17 +57,16 @@ class HeunSampler(BaseSampler):
 
     def churn_factor(self, n_steps: int) -> float:
         """Karras's gamma_i = min(S_churn / n_steps, sqrt(2) - 1)."""
-        return min(self.S_churn / n_steps, MAX_CHURN)
+        return min(self.S_churn / n_steps, methods.MAX_CHURN)
 
-    def _loop_step(self, z, gamma_t, gamma_s, *, mask, last, seed, offset,
-                   return_denoised, n_steps, memory, conditioning):
-        return self.step(z, gamma_t, gamma_s, mask, last=last,
-                         churn=self.churn_factor(n_steps), seed=seed,
-                         offset=offset, return_denoised=return_denoised,
-                         **conditioning)
+    def run_loop(self, frame, state, levels, *, noise, mask, report):
+        return methods.euler_heun_loop(
+            frame, state, levels, heun=self.heun,
+            churn=self.churn_factor(levels.n_steps), s_tmin=self.S_tmin,
+            s_tmax=self.S_tmax, s_noise=self.S_noise, noise=noise, mask=mask,
+            report=report, disable=not self.pbar)
 
-    def step(self, z: torch.Tensor, gamma_t, gamma_s,
-             mask: Optional[torch.Tensor] = None, *, last: bool = False,
+    def step(self, z, gamma_t, gamma_s, mask=None, *, last: bool = False,
              churn: float = 0., seed: Optional[int] = None, offset: int = 0,
              return_denoised: bool = False, **conditioning) -> StepOutput:
         """One step gamma_t -> gamma_s of per-sample (B,) log-SNRs.
@@ -91,62 +78,15 @@ class HeunSampler(BaseSampler):
         None), x_hat the first denoiser estimate (at the churned level).
         """
         gamma_t, gamma_s = self.check_step_args(z, gamma_t, gamma_s, mask)
-        churn = _check_float("churn", churn, 0.)
+        churn = check_number("churn", churn, 0.)
+        frame = self.frame(mask, conditioning)
+        t, s = methods.Level(gamma_t / 2), methods.Level(gamma_s / 2)
         if churn > 0:
-            z, gamma_t = self._churn(z, gamma_t, churn, mask, seed, offset)
-        batch = z.shape[0]
-        dtype = coefficient_dtype(z)
-        lam_t, lam_s = gamma_t / 2, gamma_s / 2
-        alpha_t, _ = alpha_sigma(gamma_t)
-        alpha_s, _ = alpha_sigma(gamma_s)
-
-        f_1 = self.estimate_prediction(z, gamma_t, mask, **conditioning)
-        p_1, q_1 = self.param.denoise_coefficients(gamma_t)
-        # quantities as coefficient rows over the inputs (z, f_1, f_2)
-        unit_z, unit_f1, unit_f2 = unit_rows(batch, 3, gamma_t)
-        x_e = unit_z / col(alpha_t)  # exploding state z / alpha
-        denoised_1 = col(p_1) * unit_z + col(q_1) * unit_f1
-
-        if not self.heun or last:
-            euler = euler_coefficients(lam_t, lam_s)
-            z_s = col(alpha_s) * (euler[:, :1] * x_e
-                                  + euler[:, 1:] * denoised_1)
-            out = ops.affine([z, f_1], z_s[:, :2].to(dtype), mask,
-                             coeffs2=denoised_1[:, :2].to(dtype)
-                             if return_denoised else None)
-            return out if return_denoised else (out, None)
-
-        predictor, corrector = heun_coefficients(lam_t, lam_s)
-        # members stepping onto sigma = 0 skip the correction; evaluate their
-        # (unused) second prediction at a valid level
-        gamma_eval = torch.where(torch.isposinf(gamma_s), gamma_t, gamma_s)
-        alpha_eval, _ = alpha_sigma(gamma_eval)
-        z_2 = col(alpha_eval) * (predictor[:, :1] * x_e
-                                 + predictor[:, 1:] * denoised_1)
-        z_2_tensor, den_1_tensor = ops.affine(
-            [z, f_1], z_2[:, :2].to(dtype), mask,
-            coeffs2=denoised_1[:, :2].to(dtype))
-        f_2 = self.estimate_prediction(z_2_tensor, gamma_eval, mask,
-                                       **conditioning)
-        p_2, q_2 = self.param.denoise_coefficients(gamma_eval)
-        denoised_2 = col(p_2) * z_2 + col(q_2) * unit_f2
-        z_s = col(alpha_s) * (corrector[:, :1] * x_e
-                              + corrector[:, 1:2] * denoised_1
-                              + corrector[:, 2:] * denoised_2)
-        out = ops.affine([z, f_1, f_2], z_s.to(dtype), mask)
-        return out, (den_1_tensor if return_denoised else None)
-
-    def _churn(self, z, gamma_t, churn, mask, seed, offset):
-        """Alg. 2, lines 4-6 in the VP form: raise sigma_tilde to sigma_hat
-        and add the matching noise; returns (z_hat, gamma_hat)."""
-        sigma_t = torch.exp(-gamma_t / 2)
-        sigma_hat, noise_std = churn_coefficients(
-            sigma_t, churn, self.S_tmin, self.S_tmax, self.S_noise)
-        gamma_hat = -2 * torch.log(sigma_hat)
-        alpha_t, _ = alpha_sigma(gamma_t)
-        alpha_hat, _ = alpha_sigma(gamma_hat)
-        # z_hat = alpha_hat (z / alpha_t + noise_std xi)
-        coeffs = torch.stack((alpha_hat / alpha_t, alpha_hat * noise_std), 1)
-        z_hat = ops.affine([z], coeffs.to(coefficient_dtype(z)), mask,
-                           draw_seed(seed), offset)
-        return z_hat, gamma_hat
+            z, t = methods.churn_step(frame, z, t, churn, self.S_tmin,
+                                      self.S_tmax, self.S_noise,
+                                      (draw_seed(seed), offset), mask)
+        if self.heun:
+            return methods.heun_step(frame, z, t, s, mask, final=last,
+                                     want_denoised=return_denoised)
+        return methods.euler_step(frame, z, t, s, mask,
+                                  want_denoised=return_denoised)

@@ -8,10 +8,10 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from .. import ops
+from .._math import alpha_sigma
 from .._validation import check_float_tensor
 from ..ops import coefficient_dtype
-from ..sampling import draw_seed
-from ..utils import alpha_sigma
+from ..seeds import draw_seed
 from .base import BaseSampler, _check_callable
 
 __all__ = ["KDiffusionSampler"]
@@ -46,20 +46,29 @@ class KDiffusionSampler(BaseSampler):
                  pre_func: Optional[Callable] = None,
                  post_func: Optional[Callable] = None,
                  prior_sampler: Optional[Callable] = None,
-                 param=None, gamma_min: float = -15., gamma_max: float = 15.,
-                 pbar: bool = True, seed: Optional[int] = None, **kwargs):
+                 param=None, gamma_min: Optional[float] = None,
+                 gamma_max: Optional[float] = None, pbar: bool = True, seed: Optional[int] = None, **kwargs):
         _check_callable("k_func", k_func, optional=False)
+        k_params = _parameters(k_func)
+        takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD
+                        for p in k_params.values())
+        forwarded = {name: value for name, value in kwargs.items()
+                     if takes_any or name in k_params}
+        ignored = {name: value for name, value in kwargs.items()
+                   if name not in forwarded}
         super().__init__(scheduler=scheduler, timesteps=timesteps,
                          denoising_network=denoising_network,
                          pre_func=pre_func, post_func=post_func,
                          prior_sampler=prior_sampler, param=param,
                          gamma_min=gamma_min, gamma_max=gamma_max, pbar=pbar,
-                         seed=seed, **kwargs)
+                         seed=seed, **ignored)
+        if not self.zero_land:
+            raise ValueError("zero_land=False is offered by the module "
+                             "samplers; KDiffusionSampler masks through "
+                             "k_func's mask argument")
         self.k_func = k_func
-        self._k_params = _parameters(k_func)
-
-    def _check_kwargs(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-        return dict(kwargs)  # forwarded to k_func
+        self._k_params = k_params
+        self.kwargs = forwarded  # handed on to k_func
 
     @property
     def needs_noise(self) -> bool:
@@ -77,10 +86,15 @@ class KDiffusionSampler(BaseSampler):
         alpha, _ = alpha_sigma(gamma)
         dtype = coefficient_dtype(in_state)
         z = ops.affine([in_state], alpha[:, None].to(dtype), mask)
-        prediction = self.estimate_prediction(z, gamma, mask, **conditioning)
-        p, q = self.param.denoise_coefficients(gamma)
-        return ops.affine([z, prediction], torch.stack((p, q), 1).to(dtype),
-                          mask)
+        return self.denoiser(z, gamma, mask, **conditioning)
+
+    @staticmethod
+    def input_to_exploding(in_tensor: torch.Tensor, gamma) -> torch.Tensor:
+        """ddm_dynamical's helper: the exploding state z / alpha(gamma)."""
+        check_float_tensor("in_tensor", in_tensor)
+        gamma = torch.as_tensor(gamma, device=in_tensor.device)
+        alpha, _ = alpha_sigma(gamma.to(ops.coefficient_dtype(in_tensor)))
+        return (in_tensor / alpha).to(in_tensor.dtype)
 
     def sigma_grid(self, n_steps: int, device=None,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -102,7 +116,9 @@ class KDiffusionSampler(BaseSampler):
         k-diffusion's (dicts with x, i, sigma, sigma_hat, denoised)."""
         n_steps = self._check_reconstruct_args(in_tensor, n_steps, mask,
                                                callback, member_offset)
-        sigmas = self.sigma_grid(n_steps, in_tensor.device, in_tensor.dtype)
+        sigma_dtype = in_tensor.dtype if in_tensor.dtype in (
+            torch.float32, torch.float64) else torch.float32
+        sigmas = self.sigma_grid(n_steps, in_tensor.device, sigma_dtype)
         gamma_start = self.gamma_grid(in_tensor.device, in_tensor.dtype)[
             self.timesteps - n_steps]
         alpha_start, _ = alpha_sigma(gamma_start)
