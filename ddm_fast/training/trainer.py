@@ -282,6 +282,10 @@ class Trainer:
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
                 out = network(z, **kwargs)
             return out.float()
+        # the Denoiser records the network's gamma range through __wrapped__
+        # (ddm_fast/denoiser.py): the record must reach the model, not this
+        # per-step closure
+        call.__wrapped__ = network
         return call
 
     def _to_device(self, batch: Batch) -> Batch:
