@@ -12,20 +12,21 @@ launch. Two things make that possible here:
 * every tensor the loop reads (the initial state, the mask, the conditioning)
   lives in a static buffer that a replay overwrites in place.
 
-:class:`GraphedLoop` does the bookkeeping for one loop function: one capture
-per input signature (names, shapes, dtypes, devices and the number of noise
-streams), a warm-up on a side stream before capturing (lazy initialisation,
+:func:`run_graphed` does the bookkeeping: one capture per owner and input
+signature (names, shapes, dtypes, devices, the number of noise streams and
+a key for everything else), a warm-up on a side stream before capturing (lazy initialisation,
 Triton compilation and cuBLAS workspaces must not happen inside a capture),
 and a clear error when something in the loop cannot be captured (a host
 synchronisation, a CPU tensor, data-dependent Python control flow).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence, Tuple
+import weakref
+from typing import Callable, Dict, Hashable, Sequence, Tuple
 
 import torch
 
-__all__ = ["GraphedLoop", "GraphCaptureError"]
+__all__ = ["run_graphed", "clear", "GraphCaptureError"]
 
 #: eager runs on a side stream before capturing (PyTorch's recipe uses 3)
 WARMUP_RUNS = 3
@@ -84,47 +85,53 @@ class _Capture:
         return self.out.clone()
 
 
-class GraphedLoop:
-    """A loop function ``loop(tensors, seeds) -> Tensor`` run as a CUDA graph.
+# one dict of captures per owner (a sampler, a model): captures die with it
+_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: captures kept per owner (each holds its static buffers and graph memory)
+MAX_CAPTURES = 8
+
+
+def run_graphed(owner, key: Hashable,
+                loop: Callable[[Dict[str, torch.Tensor], torch.Tensor],
+                               torch.Tensor],
+                tensors: Dict[str, torch.Tensor],
+                seeds: Sequence[int]) -> torch.Tensor:
+    """Run ``loop(tensors, seeds)`` as a CUDA graph captured for ``owner``.
 
     ``tensors``: the loop's inputs by name (static buffers at replay);
-    ``seeds``: a device int64 tensor whose element k is the seed of noise
-    stream k (take seed words as ``seeds[k:k + 1]``). Call with the actual
-    tensors and the list of seeds (Python ints); the first call of each
-    input signature warms up and captures, every call replays.
+    ``seeds``: the seeds of its noise streams (Python ints), handed to the
+    loop as a device int64 tensor whose element k is stream k's seed (take
+    seed words as ``seeds[k:k + 1]``). ``key`` names what else the loop
+    depends on (step count, offsets, non-tensor arguments). The first call
+    of each (key, input signature) warms up and captures; every call
+    replays and returns a copy of the output.
+
+    The graph reads the network's parameters where they are: updating them
+    in place (``load_state_dict``, an optimizer step) is seen by the next
+    replay; replacing them by new tensors is not (call :func:`clear`).
     """
+    device = _device(tensors)
+    captures = _CACHES.setdefault(owner, {})
+    full_key = (key, _signature(tensors, len(seeds)))
+    capture = captures.get(full_key)
+    if capture is None:
+        if len(captures) >= MAX_CAPTURES:
+            captures.pop(next(iter(captures)))  # the oldest, with its buffers
+        capture = _Capture(loop, tensors, len(seeds), device)
+        captures[full_key] = capture
+    return capture.replay(tensors, seeds)
 
-    def __init__(self, loop: Callable[[Dict[str, torch.Tensor], torch.Tensor],
-                                      torch.Tensor],
-                 max_captures: int = 8):
-        self.loop = loop
-        self.max_captures = max_captures
-        self._captures: Dict[Tuple, _Capture] = {}
 
-    def __call__(self, tensors: Dict[str, torch.Tensor],
-                 seeds: Sequence[int]) -> torch.Tensor:
-        device = self._device(tensors)
-        key = _signature(tensors, len(seeds))
-        capture = self._captures.get(key)
-        if capture is None:
-            if len(self._captures) >= self.max_captures:
-                # bounded memory: drop the oldest capture and its buffers
-                self._captures.pop(next(iter(self._captures)))
-            capture = _Capture(self.loop, tensors, len(seeds), device)
-            self._captures[key] = capture
-        return capture.replay(tensors, seeds)
+def clear(owner) -> None:
+    """Drop every capture of ``owner`` (and its static buffers)."""
+    _CACHES.pop(owner, None)
 
-    @staticmethod
-    def _device(tensors: Dict[str, torch.Tensor]) -> torch.device:
-        devices = {t.device for t in tensors.values()}
-        if len(devices) != 1 or next(iter(devices)).type != "cuda":
-            found = ", ".join(sorted(str(d) for d in devices)) or "none"
-            raise ValueError(
-                f"graph=True needs every input of the loop on one CUDA "
-                f"device, got {found}; use graph=False on CPU")
-        return next(iter(devices))
 
-    def clear(self) -> None:
-        """Drop every capture and its static buffers."""
-        self._captures.clear()
-
+def _device(tensors: Dict[str, torch.Tensor]) -> torch.device:
+    devices = {t.device for t in tensors.values()}
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        found = ", ".join(sorted(str(d) for d in devices)) or "none"
+        raise ValueError(
+            f"graph=True needs every tensor input of the loop on one CUDA "
+            f"device, got {found}; use graph=False on CPU")
+    return next(iter(devices))

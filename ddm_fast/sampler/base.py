@@ -40,6 +40,7 @@ from ..denoiser import (Denoiser, algebra_dtype, as_denoiser,
                         resolve_gamma_bound, resolve_param)
 from ..ops import coefficient_dtype
 from ..seeds import derive_seed, draw_seed
+from .. import graphs
 from . import methods
 from .defaults import (default_postprocessing, default_preprocessing,
                        default_prior_sample)
@@ -421,12 +422,13 @@ class BaseSampler(torch.nn.Module):
                mask: Optional[torch.Tensor] = None,
                callback: Optional[Callable[[Dict[str, Any]], None]] = None,
                seed: Optional[int] = None, member_offset: int = 0,
-               **conditioning) -> torch.Tensor:
+               graph: bool = False, **conditioning) -> torch.Tensor:
         """Draw samples of shape ``sample_shape`` = (B, ...) from the prior
         through all ``timesteps`` steps. ``seed`` overrides the sampler's;
         ``member_offset`` is the ensemble index of the first member;
         ``mask`` and the conditioning reach pre_func, the network and
-        post_func."""
+        post_func. ``graph``: run the reverse loop as a CUDA graph (see
+        :meth:`reconstruct`)."""
         if not isinstance(sample_shape, (torch.Size, tuple, list)) or \
                 len(sample_shape) < 1 or any(
                     isinstance(s, bool) or not isinstance(s, int) or s < 0
@@ -438,7 +440,8 @@ class BaseSampler(torch.nn.Module):
         prior = self.sample_prior(sample_shape, base_seed, member_offset)
         return self.reconstruct(prior, self.timesteps, mask=mask,
                                 callback=callback, seed=base_seed,
-                                member_offset=member_offset, **conditioning)
+                                member_offset=member_offset, graph=graph,
+                                **conditioning)
 
     def _check_reconstruct_args(self, in_tensor, n_steps, mask, callback,
                                 member_offset) -> int:
@@ -458,7 +461,7 @@ class BaseSampler(torch.nn.Module):
                     mask: Optional[torch.Tensor] = None,
                     callback: Optional[Callable[[Dict[str, Any]], None]] = None,
                     seed: Optional[int] = None, member_offset: int = 0,
-                    **conditioning) -> torch.Tensor:
+                    graph: bool = False, **conditioning) -> torch.Tensor:
         """Denoise ``in_tensor`` (z at gamma_{timesteps - n_steps}) through
         the last ``n_steps`` steps of the grid (None: all; more than
         ``timesteps``: all, as in the toolbox).
@@ -466,15 +469,71 @@ class BaseSampler(torch.nn.Module):
         ``callback`` receives after every step a dict with ``z`` (the new
         state), ``i`` (step of this call), ``gamma``, ``gamma_next`` and
         ``denoised`` (x_hat of the step).
+
+        ``graph=True`` (CUDA only): the whole loop, network included, is
+        captured once per input signature as a CUDA graph and replayed, one
+        launch instead of several per step (:mod:`ddm_fast.graphs`). The
+        result equals the eager loop's for the same seed, bitwise: each
+        replay writes its seeds into the graph's seed table. The network
+        must be capturable (no host synchronisation); ``callback`` cannot
+        be combined with it.
         """
         n_steps = self._check_reconstruct_args(in_tensor, n_steps, mask,
                                                callback, member_offset)
+        if not isinstance(graph, bool):
+            raise TypeError(f"graph must be a bool, got {type(graph).__name__}")
         batch = in_tensor.shape[0]
-        noise = None
-        if self.needs_noise:
-            noise = methods.NoiseStreams(
-                draw_seed(seed if seed is not None else self.seed),
-                member_offset * (in_tensor.numel() // max(batch, 1)))
+        offset = member_offset * (in_tensor.numel() // max(batch, 1))
+        base_seed = draw_seed(seed if seed is not None else self.seed) \
+            if self.needs_noise else None
+        if graph:
+            return self._reconstruct_graphed(in_tensor, n_steps, mask, callback,
+                                             base_seed, offset, conditioning)
+        noise = methods.NoiseStreams(base_seed, offset) \
+            if self.needs_noise else None
+        return self._reconstruct_loop(in_tensor, n_steps, mask, callback,
+                                      noise, conditioning)
+
+    def _reconstruct_graphed(self, in_tensor, n_steps, mask, callback,
+                             base_seed, offset, conditioning):
+        """``reconstruct`` as a replayed CUDA graph: the tensors (state,
+        mask, tensor conditioning) are the graph's static inputs; everything
+        else is part of the capture's key."""
+        if callback is not None:
+            raise ValueError("callback cannot be combined with graph=True: a "
+                             "captured loop cannot call back into Python "
+                             "between steps")
+        tensors = {"in_tensor": in_tensor}
+        if mask is not None:
+            tensors["mask"] = mask
+        fixed = {}
+        for name, value in conditioning.items():
+            if isinstance(value, torch.Tensor):
+                tensors["conditioning:" + name] = value
+            else:
+                fixed[name] = value
+        key = (n_steps, offset, self.needs_noise,
+               tuple(sorted((k, repr(v)) for k, v in fixed.items())))
+
+        def loop(static, seed_table):
+            noise = methods.NoiseStreams(None, offset, seed_table) \
+                if self.needs_noise else None
+            static_conditioning = dict(fixed)
+            static_conditioning.update(
+                (name[len("conditioning:"):], t) for name, t in static.items()
+                if name.startswith("conditioning:"))
+            return self._reconstruct_loop(static["in_tensor"], n_steps,
+                                          static.get("mask"), None, noise,
+                                          static_conditioning)
+
+        seeds = methods.NoiseStreams.table_seeds(base_seed, n_steps) \
+            if self.needs_noise else []
+        return graphs.run_graphed(self, key, loop, tensors, seeds)
+
+    def _reconstruct_loop(self, in_tensor, n_steps, mask, callback, noise,
+                          conditioning):
+        """The reverse loop of ``reconstruct`` (arguments checked)."""
+        batch = in_tensor.shape[0]
         gammas = self.gamma_grid(in_tensor.device, in_tensor.dtype)
         levels = methods.vp_levels(gammas[self.timesteps - n_steps:], batch)
         state = in_tensor

@@ -157,13 +157,25 @@ class ModelFrame(Frame):
 class NoiseStreams:
     """The noise of step i: stream ``derive_seed(seed, i + 1)`` at
     ``offset`` (stream 0 is the prior's). The one place a step's noise is
-    named, so that it can later come from a device-side state."""
+    named. With ``seed_table`` (a device int64 tensor whose element k holds
+    stream k's seed, :mod:`ddm_fast.graphs`) a step's seed is the seed word
+    ``seed_table[i + 1]``, read by the kernel when it runs: the same noise,
+    and a captured CUDA graph replays with whatever seeds the table holds."""
 
-    def __init__(self, seed: int, offset: int):
-        self.seed, self.offset = seed, offset
+    def __init__(self, seed: Optional[int], offset: int,
+                 seed_table: Optional[torch.Tensor] = None):
+        self.seed, self.offset, self.seed_table = seed, offset, seed_table
 
-    def for_step(self, i: int) -> Tuple[int, int]:
+    def for_step(self, i: int) -> Tuple[Any, int]:
+        if self.seed_table is not None:
+            return self.seed_table[i + 1:i + 2], self.offset
         return derive_seed(self.seed, i + 1), self.offset
+
+    @staticmethod
+    def table_seeds(seed: int, n_steps: int):
+        """The seeds a seed table holds for ``n_steps`` steps: element k is
+        stream k's (k = 0 the prior's, unused by the loops)."""
+        return [derive_seed(seed, k) for k in range(n_steps + 1)]
 
 
 def _finish(frame: Frame, combo: Combo, inputs, mask, *, want_denoised,
