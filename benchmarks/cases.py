@@ -60,6 +60,7 @@ TRAFFIC: Dict[str, Optional[Tuple[int, int, str]]] = {
     "masked_mean": (1, 0, "read x (+ mask)"),
     "train_step": None,
     "heun_step": None,
+    "sampling_loop": None,
     # peers: per sampler step, trivial denoiser included (one read, one write)
     "kdiff_euler": (3, 2, "denoiser: read x, write D; step: read x, D, write x"),
     "kdiff_heun": (7, 4, "2 denoiser calls; predictor: read x, D, write x2; "
@@ -75,7 +76,7 @@ MASKED_TRAFFIC = {"diffuse", "loss_fwd_bwd", "sampler_step", "masked_mean"}
 
 GROUPS = {"randn": "op", "diffuse": "op", "loss_fwd_bwd": "op",
           "sampler_step": "op", "masked_mean": "op",
-          "train_step": "step", "heun_step": "step",
+          "train_step": "step", "heun_step": "step", "sampling_loop": "step",
           "kdiff_euler": "peer", "kdiff_heun": "peer", "kdiff_dpmpp_2m": "peer",
           "diffusers_euler": "peer", "diffusers_dpmsolver": "peer"}
 
@@ -448,6 +449,40 @@ def case_heun_step(ctx: Context) -> Case:
                 note=f"network: {desc}")
 
 
+LOOP_STEPS = 20
+
+
+def case_sampling_loop(ctx: Context) -> Case:
+    """A whole Heun sampling run (20 steps, 39 network calls) with the
+    Lorenz-96 example's network: the loop launched step by step (``eager``)
+    against the same loop replayed as one CUDA graph (``graph=True``,
+    ddm_fast/graphs.py). GPU only; times are per run."""
+    if ctx.device.type != "cuda":
+        raise Skip("CUDA graphs need a GPU")
+    if ctx.workload.network != "l96":
+        raise Skip("the sampling loop is measured on the Lorenz-96 workloads")
+    net, desc = make_network(ctx)
+    net.eval()
+    sampler = HeunSampler(CosineScheduler(), timesteps=LOOP_STEPS,
+                          denoising_network=net, param="v", pbar=False)
+    sampler.to(ctx.device)
+
+    def run(graph):
+        def call():
+            return sampler.sample(ctx.shape, seed=SEED, graph=graph)
+        return call
+
+    impls = {"eager": Impl(_no_grad(run(False)))}
+    for name in ctx.backends:
+        impls[f"ddm_fast[{name}]"] = Impl(_no_grad(_on_backend(name, run(True))))
+    for impl in impls.values():
+        impl.cudagraph_ok = False  # the graph case is its own graph
+    return Case("sampling_loop", impls, "eager", check=True,
+                note=f"eager: the loop launched step by step on the default "
+                     f"backend; ddm_fast[b]: the same loop as one CUDA graph "
+                     f"replay; network: {desc}")
+
+
 # --------------------------------------------------------------- peers
 N_PEER_STEPS = 4  # steps 2..5 of a 10-step grid: none first, none final
 
@@ -555,6 +590,7 @@ CASES: Dict[str, Callable[[Context], Case]] = {
     "masked_mean": case_masked_mean,
     "train_step": case_train_step,
     "heun_step": case_heun_step,
+    "sampling_loop": case_sampling_loop,
     "kdiff_euler": _kdiff_case("kdiff_euler", "sample_euler"),
     "kdiff_heun": _kdiff_case("kdiff_heun", "sample_heun"),
     "kdiff_dpmpp_2m": _kdiff_case("kdiff_dpmpp_2m", "sample_dpmpp_2m"),
