@@ -135,8 +135,7 @@ def plot_hovmoller(samples: np.ndarray, test: np.ndarray, path: str,
     valid = _all_valid(valid, test.shape[1])
     centre = float(test[:, valid].mean())
     half_range = float(np.abs(test[:, valid] - centre).max())
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("0.7")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.7")
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.8), sharey=True,
                              layout="constrained")
     for ax, data, name in ((axes[0], test[:n_rows], "test trajectory"),
