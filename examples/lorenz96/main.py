@@ -5,14 +5,15 @@
 generates (or loads from the cache) Lorenz-96 trajectories (F = 8, 40
 variables, dt = 0.05, RK4), trains a small circular 1-D conv denoiser with
 :class:`ddm_fast.training.Trainer` (adaptive binarized noise schedule,
-v-parameterization, optional masks), samples with the Heun sampler on the
-EDM schedule, and scores the generated climatology against an independent
+v-parameterization, optional masks), samples with DPM-Solver++(2M) on the
+EDM time grid, and scores the generated climatology against an independent
 test trajectory, next to two baselines: a Gaussian with the training data's
 mean and covariance, and the empirical optimal denoiser (which memorises its
 training set). Writes ``samples.npy`` (N x 40, physical units),
 ``metrics.json``, PNG figures and the training log to ``--out``, and prints
-the table. The defaults run in about 5-10 minutes on 2 CPU cores; ``--device
-cuda --steps 50000 --channels 128`` and friends scale it up.
+the table. The run time of the defaults is measured in the example's
+README; ``--device cuda --steps 50000 --channels 128`` and friends scale it
+up.
 """
 from __future__ import annotations
 
@@ -112,7 +113,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add("--test-members", type=int, default=L96Config.test_members)
     add("--test-steps", type=int, default=L96Config.test_steps)
     add("--spinup", type=int, default=L96Config.n_spinup)
-    add("--no-progress", action="store_true", help="no progress bars")
+    add("--no-progress", action="store_true",
+        help="no progress bar: a line about every tenth of the training "
+             "instead (for logs)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.steps < 1 or args.n_samples < 2 \
             or args.sampler_steps < 1:
@@ -373,7 +376,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         param=args.param, weighting=args.weighting)
     scheduler_plots = EvaluateSchedulerCallback()
     callbacks = [scheduler_plots]
-    if rank == 0:
+    if rank == 0 and args.no_progress:   # lines instead of the progress bar
         callbacks.append(ProgressLines(args.steps))
     trainer = Trainer(
         network, loss_fn, train_tensors, encoder=encoder, val_data=val_tensors,
