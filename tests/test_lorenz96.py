@@ -453,3 +453,38 @@ def test_phase_clock_announces_an_estimate_and_reports_the_duration(capsys):
     with main.PhaseClock({}, verbose=False).phase("quiet", "x", 1.0):
         pass
     assert capsys.readouterr().out == ""
+
+
+# ------------------------------------------------- the documented default run
+RESULTS = os.path.join(EXAMPLE_DIR, "results", "default_run.json")
+
+
+def test_readme_states_the_defaults():
+    args = _load_main().parse_args(["--out", "unused"])
+    with open(os.path.join(EXAMPLE_DIR, "README.md"), encoding="utf-8") as handle:
+        readme = handle.read()
+    for phrase in (f"{args.steps} training steps", f"{args.n_samples} samples",
+                   f"{args.sampler_steps} DPM-Solver++(2M) steps",
+                   f"{args.optimal_train} training states"):
+        assert phrase in readme, phrase
+    assert args.sampler == "dpmpp2m"
+
+
+def test_committed_default_run_is_the_one_the_readme_quotes():
+    """The numbers the README quotes come from the committed result of a
+    run at the defaults, which meets the example's targets."""
+    main = _load_main()
+    with open(RESULTS, encoding="utf-8") as handle:
+        run = json.load(handle)
+    defaults = vars(main.parse_args(["--out", "runs/lorenz96"]))
+    for name, value in defaults.items():
+        if name not in ("data_dir", "no_progress"):
+            assert run["args"][name] == value, name
+    with open(os.path.join(EXAMPLE_DIR, "README.md"), encoding="utf-8") as handle:
+        readme = handle.read()
+    for name in ("model", "gaussian", "optimal"):
+        for score in main.COMPARED:
+            assert f"{run['results'][name][score]:.4f}" in readme, (name, score)
+    assert f"{run['variance_ratio_model_test']:.4f}" in readme
+    assert all(run["model_beats_gaussian"].values())
+    assert abs(run["variance_ratio_model_test"] - 1) < 0.01

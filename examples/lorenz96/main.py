@@ -212,11 +212,16 @@ def format_duration(seconds: float) -> str:
 def time_call(function: Callable[[], object], repeats: int = 2) -> float:
     """Seconds per call of ``function`` (best of ``repeats`` after one
     warm-up call): the basis of the printed phase estimates."""
+    def synchronise():   # GPU work is asynchronous: wait for it
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
     function()
+    synchronise()
     best = float("inf")
     for _ in range(repeats):
         tic = time.perf_counter()
         function()
+        synchronise()
         best = min(best, time.perf_counter() - tic)
     return best
 
@@ -281,15 +286,15 @@ def estimate_data_s(config: L96Config, data_dir: str) -> float:
 
 def estimate_sampling_s(network, args, mask) -> float:
     """Seconds to draw ``args.n_samples`` samples: one timed network call on
-    a full chunk, times the sampler's calls per chunk."""
+    a full chunk, scaled to every sample and the sampler's calls."""
     size = min(args.sample_batch, args.n_samples)
     z = torch.zeros(size, 40, device=args.device)
     gamma = torch.full((size, 1), 0.5, device=args.device)
     kwargs = {} if mask is None else {"mask": mask}
     with torch.no_grad():
         per_call = time_call(lambda: network(z, normalized_gamma=gamma, **kwargs), 1)
-    chunks = -(-args.n_samples // args.sample_batch)
-    return per_call * chunks * CALLS_PER_STEP[args.sampler] * args.sampler_steps
+    return per_call * args.n_samples / size * CALLS_PER_STEP[args.sampler] \
+        * args.sampler_steps
 
 
 def estimate_evaluation_s(n_sets: int, train, test, valid) -> float:
