@@ -315,7 +315,8 @@ def test_pipeline_under_torchrun_two_cpu_processes(tmp_path):
          *TOY_FLAGS],
         capture_output=True, text=True, timeout=180, env=_tree_env())
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("training ") == 1  # rank 0 reports alone
+    assert result.stdout.count("[train] training ") == 1  # rank 0 reports alone
+    assert result.stdout.count("[train] done in ") == 1
     for name in FILES:
         assert (tmp_path / name).is_file(), name
     assert np.load(tmp_path / "samples.npy").shape == (48, 40)
