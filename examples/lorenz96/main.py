@@ -74,7 +74,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
              "as it saves, and on a loaded machine oversubscribed threads "
              "slow every step down by 10x or more")
     # model and training
-    add("--steps", type=int, default=6000, help="training steps")
+    add("--steps", type=int, default=4500, help="training steps")
     add("--batch-size", type=int, default=256)
     add("--lr", type=float, default=2e-3)
     add("--warmup", type=int, default=200, help="warm-up steps")
