@@ -426,8 +426,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # kernels/ (the Triton kernels) installs as the subpackage ddm_fast.kernels
-    packages=find_packages(include=["ddm_fast", "ddm_fast.*"])
+    # kernels/ (the Triton kernels) installs as the subpackage ddm_fast.kernels;
+    # benchmarks/ installs too, so `python -m benchmarks` runs from any directory
+    packages=find_packages(include=["ddm_fast", "ddm_fast.*", "benchmarks"])
     + ["ddm_fast.kernels"],
     package_dir={"ddm_fast.kernels": "kernels"},
     ext_modules=[

@@ -1,5 +1,6 @@
-"""``python -m benchmarks`` (from the repository root) or
-``python path/to/benchmarks`` (from anywhere): see ``--help``."""
+"""``python -m benchmarks`` (from anywhere after ``pip install -e .``, or
+from the repository root) or ``python path/to/benchmarks`` (from anywhere):
+see ``--help``."""
 import os
 import sys
 

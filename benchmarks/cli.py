@@ -1,4 +1,8 @@
-"""Command line of the benchmark suite (``python -m benchmarks --help``)."""
+"""Command line of the benchmark suite (``python -m benchmarks --help``).
+
+``python -m benchmarks`` works from any directory once the repository is
+installed (``pip install -e .`` installs ``benchmarks`` next to
+``ddm_fast``), and from the repository root without installing."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +30,21 @@ peers: pip install -r benchmarks/requirements.txt (read its notes first)."""
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "device"
+
+
+def table_heading(rep) -> list:
+    """The lines printed above the results table: what was measured, where,
+    and what the numbers are."""
+    dev = rep["device"]
+    where = dev["name"] if dev["type"] == "cuda" else \
+        f"{dev['name']}, {dev.get('torch_threads')} threads"
+    kind = "quick run (tiny sizes, few repetitions)" if rep.get("quick") \
+        else "benchmark"
+    return [f"ddm_fast {kind} on {where} ({dev['type']})",
+            "median milliseconds per call (per sampler step for the "
+            "k-diffusion / diffusers rows); 'best ddm_fast vs baseline' is the "
+            "speed-up of the fastest ddm_fast backend over the eager (or "
+            "peer) baseline"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +146,8 @@ def main(argv=None) -> int:
         paths = {"json": paths["json"] or base + ".json",
                  "markdown": paths["markdown"] or base + ".md",
                  "plot": paths["plot"] or base + ".png"}
+    print()
+    print("\n".join(table_heading(rep)))
     print()
     print("\n".join(report_mod.compact_table(rep)))
     print()

@@ -225,3 +225,15 @@ def test_lightning_package_preference(monkeypatch):
     assert base._lightning_package() == "module pytorch_lightning"
     installed.add("lightning")
     assert base._lightning_package() == "module lightning.pytorch"
+
+
+def test_figures_are_titled_with_what_they_show_and_the_step(tmp_path):
+    callback = EvaluateSchedulerCallback(n_steps=11)
+    titled = callback.figures(LinearScheduler(), step=250)
+    for name, what in (("logsnr", "log-SNR"), ("density", "Density"),
+                       ("signal", "Signal")):
+        title = titled[name].axes[0].get_title()
+        assert what in title and "training step 250" in title, title
+    assert "step" not in callback.figures(LinearScheduler())["logsnr"].axes[0].get_title()
+    with pytest.raises(ValueError, match="step"):
+        callback.figures(LinearScheduler(), step=-1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,23 @@ def _load(name: str):
 data = _load("data")
 metrics = _load("metrics")
 network = _load("network")
+
+
+def _load_plots():
+    """plots.py imports ``metrics`` by its plain name (as main.py does): lend
+    it ours for the import only, so it cannot shadow another test's module."""
+    before = sys.modules.get("metrics")
+    sys.modules["metrics"] = metrics
+    try:
+        return _load("plots")
+    finally:
+        if before is None:
+            sys.modules.pop("metrics")
+        else:
+            sys.modules["metrics"] = before
+
+
+plots = _load_plots()
 
 TOY = data.L96Config(n_spinup=50, train_members=2, train_steps=60,
                      val_members=1, val_steps=20, test_members=1,
@@ -190,16 +208,29 @@ TOY_FLAGS = ["--steps", "12", "--batch-size", "16", "--n-samples", "48",
              "--val-every", "6", "--no-progress", "--threads", "1"]
 FILES = ["samples.npy", "metrics.json", "marginals.png", "autocorrelation.png",
          "spectra.png", "hovmoller.png", "joint_neighbours.png", "loss.png",
+         "overview.png",
          "scheduler_logsnr.png", "scheduler_density.png",
          "scheduler_signal.png", "train_log.csv", "train_log.jsonl",
          "checkpoint.pt"]
+
+
+ROOT = os.path.dirname(os.path.dirname(EXAMPLE_DIR))
+
+
+def _tree_env():
+    """The environment of a subprocess that must import this tree's
+    ddm_fast (main.py's own directory comes first on its path, not the
+    repository root)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ,
+            "PYTHONPATH": ROOT + (os.pathsep + path if path else "")}
 
 
 def _run_example(out_dir, *extra):
     result = subprocess.run(
         [sys.executable, os.path.join(EXAMPLE_DIR, "main.py"), "--out",
          str(out_dir), *TOY_FLAGS, *extra],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=120, env=_tree_env())
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -220,10 +251,20 @@ def test_pipeline_on_toy_sizes_writes_every_output(tmp_path, mask_mode):
                                "autocorrelation_error",
                                "log_spectral_distance_db",
                                "memorisation_ratio"}
-    beats = report["model_beats_gaussian_joint_hellinger"]
-    assert beats == (report["results"]["model"]["joint_hellinger"]
-                     < report["results"]["gaussian"]["joint_hellinger"])
-    assert "joint_hellinger" in stdout and "Gaussian baseline" in stdout
+    beats = report["model_beats_gaussian"]
+    assert set(beats) == {"marginal_hellinger", "joint_hellinger",
+                          "autocorrelation_error", "log_spectral_distance_db"}
+    for score, won in beats.items():
+        assert won == (report["results"]["model"][score]
+                       < report["results"]["gaussian"][score]), score
+    assert "joint_hellinger" in stdout and "Gaussian baseline on" in stdout
+    assert report["variance_ratio_model_test"] > 0
+    # every phase announces an estimate and reports its duration
+    for phase in ("data", "train", "sample", "optimal", "eval", "plots"):
+        assert re.search(rf"^\[{phase}\] .*\(estimate: \d+ (s|min)", stdout, re.M), phase
+        assert re.search(rf"^\[{phase}\] done in ", stdout, re.M), phase
+        assert report["timings"][f"{phase}_s"] >= 0
+    assert "step 12/12" in stdout       # the progress lines
     if mask_mode == "fixed":
         np.testing.assert_array_equal(samples[:, -6:], 0.0)
         assert np.abs(samples[:, :-6]).max() > 0
@@ -272,9 +313,179 @@ def test_pipeline_under_torchrun_two_cpu_processes(tmp_path):
          "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
          os.path.join(EXAMPLE_DIR, "main.py"), "--out", str(tmp_path),
          *TOY_FLAGS],
-        capture_output=True, text=True, timeout=180)
+        capture_output=True, text=True, timeout=180, env=_tree_env())
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("training ") == 1  # rank 0 reports alone
+    assert result.stdout.count("[train] training ") == 1  # rank 0 reports alone
+    assert result.stdout.count("[train] done in ") == 1
     for name in FILES:
         assert (tmp_path / name).is_file(), name
     assert np.load(tmp_path / "samples.npy").shape == (48, 40)
+
+
+# ----------------------------------------------------------------- plots
+@pytest.fixture
+def captured_figures(monkeypatch):
+    """The figures the plot functions build, kept open instead of closed."""
+    figures = []
+
+    def keep(fig, path):
+        figures.append(fig)
+        return path
+    monkeypatch.setattr(plots, "_save", keep)
+    yield figures
+    for fig in figures:
+        plots.plt.close(fig)
+
+
+def _toy_sets(seed=0, n=400):
+    rng = np.random.default_rng(seed)
+    test = 2.3 + 3.6 * rng.standard_normal((n, 40))
+    return test, {"model": 2.3 + 3.0 * rng.standard_normal((n, 40)),
+                  "gaussian": 2.3 + 3.6 * rng.standard_normal((n, 40))}
+
+
+def test_joint_plot_shares_one_labelled_log_density_scale(captured_figures):
+    test, sets = _toy_sets()
+    plots.plot_joint(sets, test, "unused.png", step=7)
+    fig = captured_figures[0]
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 3                       # test, model, gaussian
+    limits = {image.get_clim() for image in images}
+    assert len(limits) == 1                       # one scale for every panel
+    low, high = limits.pop()
+    # the top of the scale is the largest log density of any panel
+    edges = np.linspace(test.min(), test.max(), 41)
+    tops = [np.max(plots.joint_log_density(x, edges)[np.isfinite(
+        plots.joint_log_density(x, edges))]) for x in (test, *sets.values())]
+    assert high == pytest.approx(max(tops)) and high - low == pytest.approx(4.0)
+    colourbar = [ax for ax in fig.axes if not ax.images and ax.get_ylabel()]
+    assert any("log$_{10}$ probability density" in ax.get_ylabel() for ax in colourbar)
+    assert "after 7 training steps" in fig._suptitle.get_text()
+
+
+def test_joint_density_ignores_masked_pairs():
+    rng = np.random.default_rng(1)
+    states = rng.standard_normal((200, 40))
+    valid = np.ones(40, bool)
+    valid[30:] = False
+    scrambled = states.copy()
+    scrambled[:, 30:] = 50.0
+    edges = np.linspace(-4, 4, 21)
+    np.testing.assert_array_equal(plots.joint_log_density(states, edges, valid),
+                                  plots.joint_log_density(scrambled, edges, valid))
+
+
+def test_hovmoller_colours_are_centred_on_the_test_mean(captured_figures):
+    test, sets = _toy_sets()
+    plots.plot_hovmoller(sets["model"], test, "unused.png", step=3)
+    fig = captured_figures[0]
+    low, high = fig.axes[0].images[0].get_clim()
+    assert (low + high) / 2 == pytest.approx(test.mean())
+    assert fig.axes[1].images[0].get_clim() == (low, high)
+    bar = fig.axes[-1]
+    assert f"centred on the test mean {test.mean():.2f}" in bar.get_ylabel()
+    assert "after 3 training steps" in fig._suptitle.get_text()
+
+
+def test_autocorrelation_plot_shows_differences_from_the_test_set(captured_figures):
+    test, sets = _toy_sets()
+    plots.plot_autocorrelation(sets, test, "unused.png", step=5)
+    top, bottom = captured_figures[0].axes
+    assert "after 5 training steps" in top.get_title()
+    assert bottom.get_ylabel() == "difference from test"
+    mean = float(test.mean())
+    expected = (metrics.spatial_autocorrelation(sets["model"], mean)
+                - metrics.spatial_autocorrelation(test, mean))[1:]
+    np.testing.assert_allclose(bottom.lines[0].get_ydata(), expected)
+
+
+def test_spectra_are_normalised_by_the_test_variance(captured_figures):
+    test, sets = _toy_sets()
+    plots.plot_spectra(sets, test, "unused.png", step=2)
+    top, bottom = captured_figures[0].axes
+    assert top.lines[0].get_ydata().sum() == pytest.approx(1.0)
+    assert "total test variance" in top.get_ylabel()
+    assert "dB" in bottom.get_ylabel() and "wavenumber" in bottom.get_xlabel()
+    mean = float(test.mean())
+    ratio_db = 10 * np.log10(metrics.power_spectrum(sets["model"], mean)
+                             / metrics.power_spectrum(test, mean))
+    np.testing.assert_allclose(bottom.lines[0].get_ydata(), ratio_db)
+    # its RMS is the score the table prints
+    assert np.sqrt(np.mean(ratio_db ** 2)) == pytest.approx(
+        metrics.log_spectral_distance(sets["model"], test))
+
+
+def test_every_figure_is_titled_with_the_training_step(captured_figures, tmp_path):
+    test, sets = _toy_sets()
+    log = tmp_path / "log.csv"
+    log.write_text("step,split,loss,val_loss\n10,train,1.0,\n10,val,,0.9\n")
+    plots.plot_marginals(sets, test, "unused.png", step=11)
+    plots.plot_training_log(str(log), "unused.png", step=11)
+    for fig in captured_figures:
+        assert "after 11 training steps" in fig.axes[0].get_title()
+
+
+def test_overview_tiles_every_figure(tmp_path):
+    import matplotlib.image as mpimg
+    paths = []
+    for index, size in enumerate([(4, 3), (4, 3), (12, 3), (4, 3)]):
+        fig = plots.plt.figure(figsize=size)
+        paths.append(str(tmp_path / f"f{index}.png"))
+        fig.savefig(paths[-1], dpi=20)
+        plots.plt.close(fig)
+    out = plots.plot_overview(paths + [None], str(tmp_path / "overview.png"),
+                              heading="all")
+    image = mpimg.imread(out)
+    # rows: two small figures, the wide one alone, the last small one
+    assert image.shape[1] == 18 * 80 and image.shape[0] > image.shape[1] / 2
+    with pytest.raises(ValueError, match="paths"):
+        plots.plot_overview([None], str(tmp_path / "none.png"))
+
+
+def test_phase_clock_announces_an_estimate_and_reports_the_duration(capsys):
+    main = _load_main()
+    timings = {}
+    with main.PhaseClock(timings).phase("demo", "a phase", 75.0):
+        pass
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "[demo] a phase (estimate: 1 min 15 s) ..."
+    assert out[1].startswith("[demo] done in ") and "CPU time" in out[1]
+    assert timings["demo_s"] >= 0
+    with main.PhaseClock({}, verbose=False).phase("quiet", "x", 1.0):
+        pass
+    assert capsys.readouterr().out == ""
+
+
+# ------------------------------------------------- the documented default run
+RESULTS = os.path.join(EXAMPLE_DIR, "results", "default_run.json")
+
+
+def test_readme_states_the_defaults():
+    args = _load_main().parse_args(["--out", "unused"])
+    with open(os.path.join(EXAMPLE_DIR, "README.md"), encoding="utf-8") as handle:
+        readme = handle.read()
+    for phrase in (f"{args.steps} training steps", f"{args.n_samples} samples",
+                   f"{args.sampler_steps} DPM-Solver++(2M) steps",
+                   f"{args.optimal_train} training states"):
+        assert phrase in readme, phrase
+    assert args.sampler == "dpmpp2m"
+
+
+def test_committed_default_run_is_the_one_the_readme_quotes():
+    """The numbers the README quotes come from the committed result of a
+    run at the defaults, which meets the example's targets."""
+    main = _load_main()
+    with open(RESULTS, encoding="utf-8") as handle:
+        run = json.load(handle)
+    defaults = vars(main.parse_args(["--out", "runs/lorenz96"]))
+    for name, value in defaults.items():
+        if name not in ("data_dir", "no_progress"):
+            assert run["args"][name] == value, name
+    with open(os.path.join(EXAMPLE_DIR, "README.md"), encoding="utf-8") as handle:
+        readme = handle.read()
+    for name in ("model", "gaussian", "optimal"):
+        for score in main.COMPARED:
+            assert f"{run['results'][name][score]:.4f}" in readme, (name, score)
+    assert f"{run['variance_ratio_model_test']:.4f}" in readme
+    assert all(run["model_beats_gaussian"].values())
+    assert abs(run["variance_ratio_model_test"] - 1) < 0.01

@@ -109,25 +109,32 @@ class EvaluateSchedulerCallback(Callback):
                 for name, value in (("time", time), ("gamma", gamma),
                                     ("density", density), ("alpha", alpha))}
 
-    def figures(self, scheduler: Any) -> Dict[str, Any]:
+    def figures(self, scheduler: Any,
+                step: Optional[int] = None) -> Dict[str, Any]:
         """``{"logsnr", "density", "signal"}`` -> matplotlib Figure:
-        log-SNR vs time, density vs log-SNR, signal alpha vs time."""
+        log-SNR vs time, density vs log-SNR, signal alpha vs time, each
+        titled with what it shows and, when given, the training ``step``."""
+        if step is not None:
+            check_positive_int("step", step, minimum=0)
         from matplotlib.figure import Figure
 
         values = self.evaluate(scheduler)
         time = values["time"].numpy()
         gamma = values["gamma"].numpy()
         panels = {
-            "logsnr": (time, gamma, "Time", "log SNR", (0, 1), None),
+            "logsnr": (time, gamma, "Time", "log SNR", (0, 1), None,
+                       "log-SNR over time"),
             "density": (gamma, values["density"].numpy(), "log SNR",
-                        "Density", None, None),
+                        "Density", None, None, "Density of the log-SNR"),
             "signal": (time, values["alpha"].numpy(), "Time", "Signal",
-                       (0, 1), (0, 1)),
+                       (0, 1), (0, 1), "Signal over time"),
         }
+        at_step = "" if step is None else f", training step {step}"
         figures = {}
-        for name, (x, y, xlabel, ylabel, xlim, ylim) in panels.items():
+        for name, (x, y, xlabel, ylabel, xlim, ylim, what) in panels.items():
             figure = Figure(figsize=(5, 3.5), layout="constrained")
             axes = figure.add_subplot()
+            axes.set_title(what + at_step)
             axes.plot(x, y)
             axes.set_xlabel(xlabel)
             axes.set_ylabel(ylabel)
@@ -152,7 +159,7 @@ class EvaluateSchedulerCallback(Callback):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
-        for name, figure in self.figures(scheduler).items():
+        for name, figure in self.figures(scheduler, step=step).items():
             path = out_dir / f"{_FILE_STEMS[name]}{suffix}.png"
             figure.savefig(path, dpi=100)
             paths.append(path)
