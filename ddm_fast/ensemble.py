@@ -91,7 +91,11 @@ def _write_chunk(path: str, samples: torch.Tensor, start: int,
     if start == 0:
         data = {"samples": (dims, values)}
         if mask is not None:
-            full = torch.broadcast_to(mask != 0, samples.shape[1:])
+            valid = mask != 0
+            # a mask may carry the samplers' leading batch dimension of 1
+            while valid.ndim > samples.ndim - 1 and valid.shape[0] == 1:
+                valid = valid[0]
+            full = torch.broadcast_to(valid, samples.shape[1:])
             data["mask"] = (dims[1:], full.cpu().numpy().astype("int8"))
         ds = xr.Dataset(data, coords={"member": range(values.shape[0])},
                         attrs=dict(attrs, members_written=values.shape[0]))

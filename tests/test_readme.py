@@ -7,7 +7,8 @@ import torch
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_api_tour_runs():
+def test_api_tour_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the tour writes ensemble.nc
     text = README.read_text(encoding="utf-8")
     block = re.search(r"## API tour\n\n```python\n(.*?)```", text, re.S).group(1)
     namespace = {}
@@ -18,6 +19,8 @@ def test_api_tour_runs():
     assert (ensemble * ~mask == 0).all()
     x = namespace["x"]
     assert x.shape == (8, 40) and torch.isfinite(x).all()
+    members = namespace["ds"]["samples"]
+    assert members.shape == (16, 4, 32, 64) and (tmp_path / "ensemble.nc").exists()
 
 
 ROOT = README.parent
