@@ -32,6 +32,7 @@ from typing import Callable, Optional
 
 import torch
 
+from . import graphs
 from ._validation import check_float_tensor, check_mask, check_positive_int
 from .denoiser import algebra_dtype
 from .sampler import methods
@@ -148,15 +149,68 @@ def _check_nonneg(name: str, value) -> float:
     return value
 
 
-def _levels(sigmas: torch.Tensor, x: torch.Tensor) -> methods.Levels:
+def _ends_at_zero(sigmas: torch.Tensor) -> bool:
+    """The grid's last level is known to be 0: only read for a CPU grid (a
+    device grid is handled per sample, never read on the host)."""
+    return sigmas.device.type == "cpu" and bool((sigmas[-1] == 0).all())
+
+
+def _levels(sigmas: torch.Tensor, x: torch.Tensor,
+            ends_at_zero: Optional[bool] = None) -> methods.Levels:
     """Levels of a k-diffusion sigma grid: lambda = -log(sigma) in the
-    algebra dtype, the user's sigmas kept for the model. The last level is
-    known to be 0 only for a CPU grid (a device grid is handled per sample,
-    never read on the host)."""
+    algebra dtype, the user's sigmas kept for the model."""
+    if ends_at_zero is None:
+        ends_at_zero = _ends_at_zero(sigmas)
     sigmas = sigmas.to(x.device)
     lams = -torch.log(sigmas.to(algebra_dtype(x.device)))
-    ends_at_zero = sigmas.device.type == "cpu" and bool((sigmas[-1] == 0).all())
     return methods.Levels(lams, x.shape[0], sigmas, ends_at_zero)
+
+
+def _run(loop, model, x, sigmas, extra_args, mask, seed, offset, graph,
+         callback):
+    """Run ``loop(x, levels, mask, extra_args, noise, report)``: eagerly,
+    or (``graph=True``, CUDA) as one CUDA-graph replay with x, the grid,
+    the mask and the tensor ``extra_args`` as the graph's static inputs and
+    the step seeds in its seed table (ddm_fast/graphs.py). ``seed`` None:
+    the loop draws no counter-based noise."""
+    if not isinstance(graph, bool):
+        raise TypeError(f"graph must be a bool, got {type(graph).__name__}")
+    ends_at_zero = _ends_at_zero(sigmas)
+    if not graph:
+        levels = _levels(sigmas, x, ends_at_zero)
+        noise = methods.NoiseStreams(seed, offset) if seed is not None else None
+        return loop(x, levels, mask, extra_args, noise,
+                    _reporter(callback, levels))
+    if callback is not None:
+        raise ValueError("callback cannot be combined with graph=True: a "
+                         "captured loop cannot call back into Python between "
+                         "steps")
+    tensors = {"x": x, "sigmas": sigmas.to(x.device)}
+    if mask is not None:
+        tensors["mask"] = mask
+    fixed = {}
+    for name, value in extra_args.items():
+        if isinstance(value, torch.Tensor):
+            tensors["extra:" + name] = value
+        else:
+            fixed[name] = value
+    n_steps = sigmas.shape[0] - 1
+    key = (loop.key, ends_at_zero, offset, seed is not None,
+           tuple(sorted((k, repr(v)) for k, v in fixed.items())))
+
+    def captured(static, seed_table):
+        extra = dict(fixed)
+        extra.update((name[len("extra:"):], t) for name, t in static.items()
+                     if name.startswith("extra:"))
+        noise = methods.NoiseStreams(None, offset, seed_table) \
+            if seed is not None else None
+        levels = _levels(static["sigmas"], static["x"], ends_at_zero)
+        return loop(static["x"], levels, static.get("mask"), extra, noise,
+                    None)
+
+    seeds = methods.NoiseStreams.table_seeds(seed, n_steps) \
+        if seed is not None else []
+    return graphs.run_graphed(model, key, captured, tensors, seeds)
 
 
 def _per_sample_numel(x: torch.Tensor) -> int:
@@ -181,47 +235,51 @@ def _reporter(callback, levels: methods.Levels):
 # ------------------------------------------------------------- samplers
 def _sample_euler_heun(heun, model, x, sigmas, extra_args, callback, disable,
                        s_churn, s_tmin, s_tmax, s_noise, seed, member_offset,
-                       mask):
+                       mask, graph):
     extra_args = _check_sampler_args(model, x, sigmas, extra_args, callback,
                                      mask, member_offset)
     s_churn = _check_nonneg("s_churn", s_churn)
     s_noise = _check_nonneg("s_noise", s_noise)
     s_tmin = _check_nonneg("s_tmin", s_tmin)
     s_tmax = _check_nonneg("s_tmax", s_tmax)
-    levels = _levels(sigmas, x)
-    churn = min(s_churn / levels.n_steps, MAX_CHURN)
-    noise = methods.NoiseStreams(draw_seed(seed), member_offset *
-                                 _per_sample_numel(x)) if churn > 0 else None
-    with torch.no_grad():
+    churn = min(s_churn / (sigmas.shape[0] - 1), MAX_CHURN)
+
+    def loop(x, levels, mask, extra_args, noise, report):
         return methods.euler_heun_loop(
             methods.ModelFrame(model, extra_args), x, levels, heun=heun,
             churn=churn, s_tmin=s_tmin, s_tmax=s_tmax,
-            s_noise=s_noise, noise=noise, mask=mask,
-            report=_reporter(callback, levels), disable=disable)
+            s_noise=s_noise, noise=noise, mask=mask, report=report,
+            disable=disable)
+
+    loop.key = ("heun" if heun else "euler", churn, s_tmin, s_tmax, s_noise)
+    with torch.no_grad():
+        return _run(loop, model, x, sigmas, extra_args, mask,
+                    draw_seed(seed) if churn > 0 else None,
+                    member_offset * _per_sample_numel(x), graph, callback)
 
 
 def sample_euler(model, x, sigmas, extra_args=None, callback=None,
                  disable=None, s_churn=0., s_tmin=0., s_tmax=float("inf"),
                  s_noise=1., *, seed: Optional[int] = None,
-                 member_offset: int = 0, mask=None):
+                 member_offset: int = 0, mask=None, graph: bool = False):
     """Euler sampler of Karras et al. (2022), Alg. 2 without the correction
     (k-diffusion's ``sample_euler``). ``s_churn > 0`` adds noise before
     each step from the counter-based stream of ``seed``."""
     return _sample_euler_heun(False, model, x, sigmas, extra_args, callback,
                               disable, s_churn, s_tmin, s_tmax, s_noise, seed,
-                              member_offset, mask)
+                              member_offset, mask, graph)
 
 
 def sample_heun(model, x, sigmas, extra_args=None, callback=None,
                 disable=None, s_churn=0., s_tmin=0., s_tmax=float("inf"),
                 s_noise=1., *, seed: Optional[int] = None,
-                member_offset: int = 0, mask=None):
+                member_offset: int = 0, mask=None, graph: bool = False):
     """Heun sampler of Karras et al. (2022), Alg. 2 (k-diffusion's
     ``sample_heun``): Euler, then a trapezoidal correction with a second
     denoiser call; the step onto sigma = 0 is a plain Euler step."""
     return _sample_euler_heun(True, model, x, sigmas, extra_args, callback,
                               disable, s_churn, s_tmin, s_tmax, s_noise, seed,
-                              member_offset, mask)
+                              member_offset, mask, graph)
 
 
 @torch.no_grad()
@@ -229,7 +287,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None,
                            disable=None, eta=1., s_noise=1.,
                            noise_sampler: Optional[Callable] = None, *,
                            seed: Optional[int] = None, member_offset: int = 0,
-                           mask=None):
+                           mask=None, graph: bool = False):
     """Ancestral sampling with Euler steps (k-diffusion's
     ``sample_euler_ancestral``); eta = 1 is DDPM ancestral sampling.
 
@@ -244,25 +302,37 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None,
     if noise_sampler is not None and not callable(noise_sampler):
         raise TypeError("noise_sampler must be callable or None, got "
                         f"{type(noise_sampler).__name__}")
-    noise = None
-    if eta > 0 and noise_sampler is None:
-        noise = methods.NoiseStreams(draw_seed(seed), member_offset *
-                                     _per_sample_numel(x))
-    levels = _levels(sigmas, x)
-    return methods.ancestral_loop(
-        methods.ModelFrame(model, extra_args), x, levels, eta=eta,
-        s_noise=s_noise, noise=noise, noise_sampler=noise_sampler, mask=mask,
-        report=_reporter(callback, levels), disable=disable)
+    if graph and noise_sampler is not None:
+        raise ValueError("noise_sampler cannot be combined with graph=True "
+                         "(its noise would be frozen at capture); leave it "
+                         "None for the counter-based noise of seed")
+
+    def loop(x, levels, mask, extra_args, noise, report):
+        return methods.ancestral_loop(
+            methods.ModelFrame(model, extra_args), x, levels, eta=eta,
+            s_noise=s_noise, noise=noise, noise_sampler=noise_sampler,
+            mask=mask, report=report, disable=disable)
+
+    loop.key = ("euler_ancestral", eta, s_noise)
+    with_noise = eta > 0 and noise_sampler is None
+    return _run(loop, model, x, sigmas, extra_args, mask,
+                draw_seed(seed) if with_noise else None,
+                member_offset * _per_sample_numel(x), graph, callback)
 
 
 @torch.no_grad()
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None,
-                    disable=None, *, mask=None):
+                    disable=None, *, mask=None, graph: bool = False):
     """DPM-Solver++(2M) (Lu et al. 2022; k-diffusion's ``sample_dpmpp_2m``).
     Each step is one fused combination of (x, denoised, denoised_prev)."""
     extra_args = _check_sampler_args(model, x, sigmas, extra_args, callback,
                                      mask, 0)
-    levels = _levels(sigmas, x)
-    return methods.dpmpp_2m_loop(
-        methods.ModelFrame(model, extra_args), x, levels, mask=mask,
-        report=_reporter(callback, levels), disable=disable)
+
+    def loop(x, levels, mask, extra_args, noise, report):
+        return methods.dpmpp_2m_loop(
+            methods.ModelFrame(model, extra_args), x, levels, mask=mask,
+            report=report, disable=disable)
+
+    loop.key = ("dpmpp_2m",)
+    return _run(loop, model, x, sigmas, extra_args, mask, None, 0, graph,
+                callback)

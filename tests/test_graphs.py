@@ -9,10 +9,11 @@ previous replay, and a network that cannot be captured is named.
 import pytest
 import torch
 
-from ddm_fast import graphs
+from ddm_fast import graphs, sampling
 from ddm_fast.sampler import (DDIMSampler, DDPMSampler, DPMSolverPP2MSampler,
                               HeunSampler)
-from test_sampler import MU, SAMPLE_SHAPE, STD, make
+from test_sampler import MU, SAMPLE_SHAPE, STD, exploding_grid, make, start_z
+from test_sampling import k_model
 
 SHAPE = (3,) + SAMPLE_SHAPE
 
@@ -42,6 +43,41 @@ def test_captured_loop_equals_eager_loop(monkeypatch):
                                      member_offset=2, graph=True)
             assert torch.equal(graphed, eager), type(sampler).__name__
     assert 7 in calls and 0 in calls  # 6 steps + prior; DPM-Solver: no noise
+
+
+def _k_calls(x, sigmas, mask):
+    """Each k-diffusion-style function with its noise switched on."""
+    return {
+        "euler": lambda **kw: sampling.sample_euler(
+            k_model, x, sigmas, s_churn=2., mask=mask, **kw),
+        "heun": lambda **kw: sampling.sample_heun(
+            k_model, x, sigmas, s_churn=2., mask=mask, **kw),
+        "euler_ancestral": lambda **kw: sampling.sample_euler_ancestral(
+            k_model, x, sigmas, eta=0.7, mask=mask, **kw),
+        "dpmpp_2m": lambda **kw: sampling.sample_dpmpp_2m(
+            k_model, x, sigmas, mask=mask, **{k: v for k, v in kw.items()
+                                             if k == "graph"}),
+    }
+
+
+def test_captured_sampling_functions_equal_eager(monkeypatch):
+    def run_without_capture(owner, key, loop, tensors, seeds):
+        table = torch.tensor(list(seeds) or [0], dtype=torch.int64)
+        return loop({name: t.clone() for name, t in tensors.items()}, table)
+
+    monkeypatch.setattr(graphs, "run_graphed", run_without_capture)
+    sigmas = exploding_grid(6, 6)[0]
+    x = 3 * start_z()  # an exploding-form state at sigma_0
+    mask = torch.ones((1,) + SAMPLE_SHAPE, dtype=torch.float64)
+    mask[..., 1] = 0
+    for name, call in _k_calls(x, sigmas, mask).items():
+        eager = call(seed=4) if name != "dpmpp_2m" else call()
+        graphed = call(seed=4, graph=True) if name != "dpmpp_2m" \
+            else call(graph=True)
+        assert torch.equal(graphed, eager), name
+    with pytest.raises(ValueError, match="noise_sampler"):
+        sampling.sample_euler_ancestral(k_model, x, sigmas, graph=True,
+                                        noise_sampler=lambda s, t: x)
 
 
 def test_graph_arguments_are_checked():
@@ -75,6 +111,20 @@ def test_replay_with_new_seed_equals_eager_loop(monkeypatch):
                 assert not torch.equal(graphed, previous)
             previous = graphed
         graphs.clear(sampler)
+
+
+@cuda
+def test_sampling_function_replays_equal_eager(monkeypatch):
+    import test_sampling
+    monkeypatch.setattr(test_sampling, "MU", MU.cuda())
+    monkeypatch.setattr(test_sampling, "STD", STD.cuda())
+    sigmas = exploding_grid(6, 6)[0]  # a CPU grid, as k-diffusion users pass
+    x = start_z().cuda()
+    for name, call in _k_calls(x, sigmas, None).items():
+        kwargs = [{"seed": s} for s in (1, 2)] if name != "dpmpp_2m" else [{}]
+        for kw in kwargs:
+            assert torch.equal(call(graph=True, **kw), call(**kw)), name
+    graphs.clear(k_model)
 
 
 @cuda
