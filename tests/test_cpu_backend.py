@@ -121,8 +121,8 @@ def test_pointer_boundary_rejects_bad_arguments(extension):
 
     def call(n_inputs=1, rows=2, threads=1, x_ptr=x.data_ptr(), numel=8):
         extension.affine((x_ptr, 0, 0), (0, 0, 0), n_inputs, c.data_ptr(), 0,
-                         0, 0, 1, 1, -1, 0, False, numel, rows, out.data_ptr(),
-                         0, 0, threads)
+                         0, 0, 1, 1, -1, 0, 0, False, numel, rows,
+                         out.data_ptr(), 0, 0, threads)
 
     call(**good)
     assert torch.equal(out, x)
@@ -132,10 +132,12 @@ def test_pointer_boundary_rejects_bad_arguments(extension):
         with pytest.raises(ValueError, match=match):
             call(**{**good, **bad})
     with pytest.raises(ValueError, match="dtype"):
-        extension.randn(out.data_ptr(), 9, 8, 1, 0, 1)
+        extension.randn(out.data_ptr(), 9, 8, 1, 0, 0, 1)
+    with pytest.raises(ValueError, match="seed"):
+        extension.randn(out.data_ptr(), 0, 8, -1, 0, 0, 1)  # no seed at all
     with pytest.raises(ValueError, match="power"):
         extension.affine_sum((x.data_ptr(), 0, 0), (0, 0, 0), 1, c.data_ptr(), 0,
-                             0, 1, 1, -1, 0, False, 8, 2, 3, out.data_ptr(), 1)
+                             0, 1, 1, -1, 0, 0, False, 8, 2, 3, out.data_ptr(), 1)
 
 
 def test_ops_layer_rejects_what_the_kernels_cannot_take():
