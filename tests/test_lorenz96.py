@@ -243,6 +243,12 @@ def test_pipeline_on_toy_sizes_writes_every_output(tmp_path, mask_mode):
         assert (tmp_path / name).is_file(), name
     samples = np.load(tmp_path / "samples.npy")
     assert samples.shape == (48, 40) and np.isfinite(samples).all()
+    # the latent members, written by sample_ensemble as an xarray Dataset
+    xr = pytest.importorskip("xarray")
+    with xr.open_dataset(tmp_path / "ensemble.nc") as ensemble:
+        assert ensemble["samples"].dims == ("member", "site")
+        assert ensemble["samples"].shape == (48, 40)
+        assert ensemble.attrs["members_written"] == 48
     with open(tmp_path / "metrics.json") as handle:
         report = json.load(handle)
     assert set(report["results"]) == {"model", "gaussian", "optimal"}

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -41,6 +42,7 @@ import plots  # noqa: E402
 from ddm_fast.callbacks import Callback, EvaluateSchedulerCallback  # noqa: E402
 from ddm_fast.decoder import GaussianDecoder, state_prediction  # noqa: E402
 from ddm_fast.encoder import GaussianEncoder  # noqa: E402
+from ddm_fast.ensemble import sample_ensemble  # noqa: E402
 from ddm_fast.loss import DiffusionLoss  # noqa: E402
 from ddm_fast.optimal_model import OptimalModel  # noqa: E402
 from ddm_fast.sampler import DPMSolverPP2MSampler, HeunSampler  # noqa: E402
@@ -153,9 +155,12 @@ class RandomMask:
 
 
 def draw_samples(network, args, mask: Optional[torch.Tensor], param: str,
-                 seed: int) -> torch.Tensor:
+                 seed: int, path: Optional[str] = None) -> torch.Tensor:
     """``args.n_samples`` latent states from ``args.sampler`` on the EDM
-    time grid, in chunks (member offsets keep the noise batch-independent)."""
+    time grid, ``args.sample_batch`` members at a time
+    (:func:`ddm_fast.ensemble.sample_ensemble`: member k's noise depends on
+    (seed, k) only). With ``path`` (and xarray installed) the latent members
+    are also written there as an xarray Dataset, chunk by chunk."""
     sampler = SAMPLERS[args.sampler](
         EDMSamplingScheduler(gamma_min=args.gamma_min, gamma_max=args.gamma_max),
         timesteps=args.sampler_steps, denoising_network=network, param=param,
@@ -163,11 +168,18 @@ def draw_samples(network, args, mask: Optional[torch.Tensor], param: str,
         pbar=False)
     sampler.sample_kwargs = {"device": torch.device(args.device),
                              "dtype": torch.float32}
-    chunks = []
-    for start in range(0, args.n_samples, args.sample_batch):
-        size = min(args.sample_batch, args.n_samples - start)
-        chunks.append(sampler.sample((size, 40), mask=mask, member_offset=start))
-    return torch.cat(chunks)
+    if path is not None and importlib.util.find_spec("xarray") is None:
+        path = None  # the ensemble extra is optional: samples.npy only
+    if path is not None and os.path.exists(path):
+        # a file of an earlier run would be resumed (its members kept):
+        # this run's network is new, so its members are drawn afresh
+        os.remove(path)
+    result = sample_ensemble(sampler, args.n_samples, (40,),
+                             chunk=args.sample_batch, seed=seed, mask=mask,
+                             path=path, dims=("site",), progress=False)
+    if path is None:
+        return result
+    return torch.from_numpy(result["samples"].values).to(args.device)
 
 
 class PhaseClock:
@@ -414,7 +426,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                      f"{args.sampler_steps} {args.sampler} steps",
                      estimate_sampling_s(model, args, sample_mask)):
         latent = draw_samples(model, args, sample_mask, args.param,
-                              seed=args.seed + 1)
+                              seed=args.seed + 1,
+                              path=os.path.join(args.out, "ensemble.nc"))
         samples = decoder(latent, mask=sample_mask).cpu().numpy().astype(np.float32)
     np.save(os.path.join(args.out, "samples.npy"), samples)
 
@@ -503,8 +516,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     print("wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     print("CPU time (s): " + ", ".join(f"{k} {v:.1f}"
                                       for k, v in clock.cpu_timings.items()))
-    print(f"outputs (samples.npy, metrics.json, overview.png and the other "
-          f"figures, checkpoint.pt) in {os.path.abspath(args.out)}")
+    print(f"outputs (samples.npy, ensemble.nc, metrics.json, overview.png "
+          f"and the other figures, checkpoint.pt) in "
+          f"{os.path.abspath(args.out)}")
     return report
 
 
