@@ -142,7 +142,7 @@ def _check_order(gamma_min: Bound, gamma_max: Bound) -> None:
                          f"gamma_min={gamma_min}, gamma_max={gamma_max}")
 
 
-def _check_callable(name: str, value, optional: bool = True):
+def check_callable(name: str, value, optional: bool = True):
     if value is None and optional:
         return None
     if not callable(value):
@@ -239,13 +239,13 @@ class Denoiser(torch.nn.Module):
         if isinstance(network, Denoiser):
             raise TypeError("network is already a Denoiser: pass it directly "
                             "instead of wrapping it again")
-        self.network = _check_callable("network", network, optional=False)
+        self.network = check_callable("network", network, optional=False)
         self.param = resolve_param(param)
         self.gamma_min, self.gamma_max = check_gamma_bounds(gamma_min,
                                                             gamma_max)
-        self.pre_func = _check_callable("pre_func", pre_func) \
+        self.pre_func = check_callable("pre_func", pre_func) \
             or default_preprocessing
-        self.post_func = _check_callable("post_func", post_func) \
+        self.post_func = check_callable("post_func", post_func) \
             or default_postprocessing
         self._warned = False
 

@@ -127,6 +127,37 @@ def clear(owner) -> None:
     _CACHES.pop(owner, None)
 
 
+def check_no_callback(callback) -> None:
+    """A captured loop cannot call back into Python between its steps."""
+    if callback is not None:
+        raise ValueError("callback cannot be combined with graph=True: a "
+                         "captured loop cannot call back into Python "
+                         "between steps")
+
+
+def split_keywords(prefix: str, keywords: Dict, tensors: Dict[str, torch.Tensor]):
+    """Keyword arguments of a loop (conditioning, extra_args) for a capture:
+    the tensors join ``tensors`` as static inputs named ``prefix + name``;
+    the others are returned with a key naming them (part of the capture's
+    key, since their values are baked into the graph)."""
+    fixed = {}
+    for name, value in keywords.items():
+        if isinstance(value, torch.Tensor):
+            tensors[prefix + name] = value
+        else:
+            fixed[name] = value
+    return fixed, tuple(sorted((k, repr(v)) for k, v in fixed.items()))
+
+
+def join_keywords(prefix: str, static: Dict[str, torch.Tensor], fixed: Dict):
+    """The loop's keyword arguments inside the capture: ``fixed`` and the
+    static buffers of the tensor ones (inverse of :func:`split_keywords`)."""
+    keywords = dict(fixed)
+    keywords.update((name[len(prefix):], t) for name, t in static.items()
+                    if name.startswith(prefix))
+    return keywords
+
+
 def _device(tensors: Dict[str, torch.Tensor]) -> torch.device:
     devices = {t.device for t in tensors.values()}
     if len(devices) != 1 or next(iter(devices)).type != "cuda":

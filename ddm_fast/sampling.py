@@ -181,27 +181,16 @@ def _run(loop, model, x, sigmas, extra_args, mask, seed, offset, graph,
         noise = methods.NoiseStreams(seed, offset) if seed is not None else None
         return loop(x, levels, mask, extra_args, noise,
                     _reporter(callback, levels))
-    if callback is not None:
-        raise ValueError("callback cannot be combined with graph=True: a "
-                         "captured loop cannot call back into Python between "
-                         "steps")
+    graphs.check_no_callback(callback)
     tensors = {"x": x, "sigmas": sigmas.to(x.device)}
     if mask is not None:
         tensors["mask"] = mask
-    fixed = {}
-    for name, value in extra_args.items():
-        if isinstance(value, torch.Tensor):
-            tensors["extra:" + name] = value
-        else:
-            fixed[name] = value
+    fixed, fixed_key = graphs.split_keywords("extra:", extra_args, tensors)
     n_steps = sigmas.shape[0] - 1
-    key = (loop.key, ends_at_zero, offset, seed is not None,
-           tuple(sorted((k, repr(v)) for k, v in fixed.items())))
+    key = (loop.key, ends_at_zero, offset, seed is not None, fixed_key)
 
     def captured(static, seed_table):
-        extra = dict(fixed)
-        extra.update((name[len("extra:"):], t) for name, t in static.items()
-                     if name.startswith("extra:"))
+        extra = graphs.join_keywords("extra:", static, fixed)
         noise = methods.NoiseStreams(None, offset, seed_table) \
             if seed is not None else None
         levels = _levels(static["sigmas"], static["x"], ends_at_zero)

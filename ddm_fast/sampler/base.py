@@ -35,7 +35,7 @@ from .. import ops
 from .._math import alpha_sigma
 from .._validation import (check_float_tensor, check_mask, check_positive_int,
                            check_seed, check_tensor)
-from ..denoiser import (Denoiser, algebra_dtype, as_denoiser,
+from ..denoiser import (Denoiser, algebra_dtype, as_denoiser, check_callable,
                         check_gamma_bounds, per_sample_gamma,
                         resolve_gamma_bound, resolve_param)
 from ..ops import coefficient_dtype
@@ -48,16 +48,6 @@ from .defaults import (default_postprocessing, default_preprocessing,
 __all__ = ["BaseSampler", "StepOutput"]
 
 StepOutput = Tuple[torch.Tensor, Optional[torch.Tensor]]
-
-
-def _check_callable(name: str, value, optional: bool = True):
-    if value is None and optional:
-        return None
-    if not callable(value):
-        expected = "callable or None" if optional else "callable"
-        raise TypeError(f"{name} must be {expected}, got "
-                        f"{type(value).__name__}")
-    return value
 
 
 def _check_member_offset(member_offset) -> int:
@@ -142,9 +132,9 @@ class BaseSampler(torch.nn.Module):
                  pbar: bool = True, seed: Optional[int] = None, *,
                  zero_land: bool = True, **kwargs):
         super().__init__()
-        self.scheduler = _check_callable("scheduler", scheduler, optional=False)
+        self.scheduler = check_callable("scheduler", scheduler, optional=False)
         self.timesteps = check_positive_int("timesteps", timesteps)
-        _check_callable("denoising_network", denoising_network)
+        check_callable("denoising_network", denoising_network)
         if isinstance(denoising_network, Denoiser):
             as_denoiser(denoising_network, param, gamma_min, gamma_max,
                         pre_func, post_func, owner=type(self).__name__)
@@ -156,11 +146,11 @@ class BaseSampler(torch.nn.Module):
         self.denoising_network = denoising_network
         self.gamma_min, self.gamma_max = check_gamma_bounds(gamma_min,
                                                             gamma_max)
-        self.pre_func = _check_callable("pre_func", pre_func) \
+        self.pre_func = check_callable("pre_func", pre_func) \
             or default_preprocessing
-        self.post_func = _check_callable("post_func", post_func) \
+        self.post_func = check_callable("post_func", post_func) \
             or default_postprocessing
-        self.prior_sampler = _check_callable("prior_sampler", prior_sampler) \
+        self.prior_sampler = check_callable("prior_sampler", prior_sampler) \
             or default_prior_sample
         self.param = resolve_param(param)
         self.seed = None if seed is None else check_seed("seed", seed)
@@ -451,7 +441,7 @@ class BaseSampler(torch.nn.Module):
         n_steps = self.timesteps if n_steps is None else \
             min(check_positive_int("n_steps", n_steps), self.timesteps)
         check_mask(mask, in_tensor, like_name="in_tensor")
-        _check_callable("callback", callback)
+        check_callable("callback", callback)
         _check_member_offset(member_offset)
         return n_steps
 
@@ -499,29 +489,19 @@ class BaseSampler(torch.nn.Module):
         """``reconstruct`` as a replayed CUDA graph: the tensors (state,
         mask, tensor conditioning) are the graph's static inputs; everything
         else is part of the capture's key."""
-        if callback is not None:
-            raise ValueError("callback cannot be combined with graph=True: a "
-                             "captured loop cannot call back into Python "
-                             "between steps")
+        graphs.check_no_callback(callback)
         tensors = {"in_tensor": in_tensor}
         if mask is not None:
             tensors["mask"] = mask
-        fixed = {}
-        for name, value in conditioning.items():
-            if isinstance(value, torch.Tensor):
-                tensors["conditioning:" + name] = value
-            else:
-                fixed[name] = value
-        key = (n_steps, offset, self.needs_noise,
-               tuple(sorted((k, repr(v)) for k, v in fixed.items())))
+        fixed, fixed_key = graphs.split_keywords("conditioning:", conditioning,
+                                                 tensors)
+        key = (n_steps, offset, self.needs_noise, fixed_key)
 
         def loop(static, seed_table):
             noise = methods.NoiseStreams(None, offset, seed_table) \
                 if self.needs_noise else None
-            static_conditioning = dict(fixed)
-            static_conditioning.update(
-                (name[len("conditioning:"):], t) for name, t in static.items()
-                if name.startswith("conditioning:"))
+            static_conditioning = graphs.join_keywords("conditioning:",
+                                                       static, fixed)
             return self._reconstruct_loop(static["in_tensor"], n_steps,
                                           static.get("mask"), None, noise,
                                           static_conditioning)

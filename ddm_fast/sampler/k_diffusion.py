@@ -10,9 +10,10 @@ import torch
 from .. import ops
 from .._math import alpha_sigma
 from .._validation import check_float_tensor
+from ..denoiser import check_callable
 from ..ops import coefficient_dtype
 from ..seeds import draw_seed
-from .base import BaseSampler, _check_callable
+from .base import BaseSampler
 
 __all__ = ["KDiffusionSampler"]
 
@@ -48,7 +49,7 @@ class KDiffusionSampler(BaseSampler):
                  prior_sampler: Optional[Callable] = None,
                  param=None, gamma_min: Optional[float] = None,
                  gamma_max: Optional[float] = None, pbar: bool = True, seed: Optional[int] = None, **kwargs):
-        _check_callable("k_func", k_func, optional=False)
+        check_callable("k_func", k_func, optional=False)
         k_params = _parameters(k_func)
         takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD
                         for p in k_params.values())
